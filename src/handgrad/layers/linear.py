@@ -1,16 +1,13 @@
-"""Layers: thin stateful wrappers over :mod:`handgrad.functional`.
-
-Each class holds parameters and calls one forward/backward pair; the math is in ``functional``.
-"""
+"""``Linear``: the fully connected layer."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from . import functional as F
-from .init import init_weight
-from .module import Module, Parameter
+from .. import functional as F
+from ..init import init_weight
+from ..module import Module, Parameter
 
 
 class Linear(Module):
@@ -89,16 +86,3 @@ class Linear(Module):
     def extra_repr(self) -> str:
         bias = self.bias is not None
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
-
-
-class ReLU(Module):
-    """``y = max(x, 0)``, element-wise; ``dy/dx = 1[x > 0]``. Keeps a bool mask for backward."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        out, mask = F.relu_forward(x)
-        self.save_for_backward(mask)
-        return out
-
-    def bwd(self, out: Tensor, x: Tensor) -> None:
-        (mask,) = self.saved
-        x.g = F.relu_backward(out.g, mask)
