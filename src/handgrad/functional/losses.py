@@ -55,7 +55,8 @@ def cross_entropy_forward(
     # exact, so log p keeps full precision even at logits of 1e4 in float32, where
     # ``logits - logsumexp(logits)`` would round the 1e4-sized sum to 1e-3.
     shifted = logits - logits.amax(dim=1, keepdim=True)  # (N, C), every entry <= 0
-    log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()  # (N, C)
+    # In place on the fresh ``shifted``: one (N, C) buffer for the whole forward.
+    log_probs = shifted.sub_(shifted.exp().sum(dim=1, keepdim=True).log_())  # (N, C)
     nll = -log_probs.gather(1, labels.unsqueeze(1)).mean()  # picks log p[n, label_n]
     if label_smoothing == 0.0:
         return nll, (log_probs, labels, 0.0)
@@ -74,11 +75,11 @@ def cross_entropy_backward(dout: Tensor, cache: CrossEntropyCache) -> Tensor:
     """
     log_probs, labels, eps = cache
     n, c = log_probs.shape
-    scale = dout / n  # 0-dim tensor: no host synchronisation on an accelerator
     dlogits = log_probs.exp()  # (N, C) softmax probabilities, a fresh tensor we may modify
     if eps != 0.0:
-        dlogits.sub_(eps / c)
-    dlogits.mul_(scale)
-    # Subtract the one-hot part: (1 - eps) * scale at each row's label column.
-    hit = (scale * -(1.0 - eps)).expand(n, 1).to(dlogits.dtype)  # (N, 1)
-    return dlogits.scatter_add_(1, labels.unsqueeze(1), hit)  # (N, C)
+        dlogits.sub_(eps / c)  # the uniform part of the target
+    # The one-hot part: subtract (1 - eps) at each row's label column.
+    hit = log_probs.new_full((1, 1), eps - 1.0).expand(n, 1)  # (N, 1), one value
+    dlogits.scatter_add_(1, labels.unsqueeze(1), hit)
+    # dout stays a 0-dim tensor: no host synchronisation on an accelerator.
+    return dlogits.mul_(dout / n)  # (N, C)
