@@ -146,3 +146,41 @@ def test_disabled_by_environment(monkeypatch) -> None:
     assert not ok and "HANDGRAD_FAST=0" in why
     step = FastStep(build_model("mlp", hidden=(8,)), CrossEntropyLoss())
     assert not step.compiled
+
+
+def test_hooks_send_the_step_through_the_readable_path(compiled) -> None:
+    model = build_model("mlp", hidden=(8,))
+    step = FastStep(model, CrossEntropyLoss())
+    seen = []
+    model.layers[1].register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    x, y = batches(1, 4, 10, torch.float32)[0]
+    step(x, y)
+    assert seen == [(4, 8)] and model.layers[0].weight.g is not None
+
+
+def test_predict_matches_the_model_in_eval_mode(compiled) -> None:
+    model = build_model("mlp", hidden=(16, 8), generator=torch.Generator().manual_seed(0))
+    x = torch.rand(5, 784)
+    out = FastStep(model).predict(x)
+    assert model.training and all(m.pending == 0 for m in model.modules())
+    torch.testing.assert_close(out, model.eval()(x))
+
+
+def test_input_gradient_buffer_is_reused_only_when_nobody_holds_it(compiled) -> None:
+    model = build_model("lesson")
+    step = FastStep(model, MSELoss())
+    x, y = torch.rand(32, 784), torch.rand(32)
+    _, _, kept = step(x, y, input_grad=True)
+    first = kept.clone()
+    _, _, second = step(2 * x, y, input_grad=True)
+    assert second.data_ptr() != kept.data_ptr()  # we still hold `kept`: fresh memory
+    torch.testing.assert_close(kept, first)
+    view = second[:4]  # a view keeps the storage alive even after `second` is dropped
+    del second
+    _, _, third = step(x, y, input_grad=True)
+    assert third.data_ptr() != view.data_ptr()
+    ptr = third.data_ptr()
+    del third, view
+    _, _, fourth = step(x, y, input_grad=True)
+    assert fourth.data_ptr() == ptr  # nobody held it: written again in place
+    torch.testing.assert_close(fourth, first)

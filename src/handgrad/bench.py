@@ -352,25 +352,29 @@ class HandgradGrad:
 
 
 class GemmFloor:
-    """W1's matrix products alone, the same calls the backward pass needs and nothing else:
-    ``x @ W1 + b1``, ``h @ W2 + b2``, ``h^T @ dout``, ``dout @ W2^T``, ``x^T @ dh`` and, with
-    the input gradient, ``dh @ W1^T``."""
+    """W1's matrix products alone, the floor: the GEMMs the backward pass needs, writing into
+    preallocated outputs (no allocation, no page faults, nothing else): ``x @ W1 + b1``,
+    ``h @ W2 + b2``, ``h^T @ dout``, ``dout @ W2^T``, ``dh^T @ x`` (the faster of the two
+    layouts of dW1) and, with the input gradient, ``dh @ W1^T``."""
 
     def __init__(self, init: Init, x: Tensor, input_grad: bool):
         (self.w1, self.b1), (self.w2, self.b2) = init
         self.x, self.input_grad = x, input_grad
-        n = len(x)
-        self.dout = torch.randn(n, self.w2.shape[1])  # (N, 1)
-        self.dh = torch.randn(n, self.w1.shape[1])  # (N, 50)
+        n, hidden, outs = len(x), self.w1.shape[1], self.w2.shape[1]
+        g = torch.Generator().manual_seed(0)
+        self.dout = torch.randn(n, outs, generator=g)  # (N, 1)
+        self.h, self.o = torch.empty(n, hidden), torch.empty(n, outs)
+        self.dw2, self.dh = torch.empty(hidden, outs), torch.empty(n, hidden)
+        self.dw1t, self.dx = torch.empty(hidden, x.shape[1]), torch.empty_like(x)
 
     def run(self) -> None:
-        h = torch.addmm(self.b1, self.x, self.w1)  # (N, 50)
-        torch.addmm(self.b2, h, self.w2)  # (N, 1)
-        h.t() @ self.dout  # dW2 (50, 1)
-        self.dout @ self.w2.t()  # dh (N, 50)
-        self.x.t() @ self.dh  # dW1 (784, 50)
+        torch.addmm(self.b1, self.x, self.w1, out=self.h)  # (N, 50)
+        torch.addmm(self.b2, self.h, self.w2, out=self.o)  # (N, 1)
+        torch.mm(self.h.t(), self.dout, out=self.dw2)  # dW2 (50, 1)
+        torch.mm(self.dout, self.w2.t(), out=self.dh)  # dh (N, 50)
+        torch.mm(self.dh.t(), self.x, out=self.dw1t)  # dW1^T (50, 784)
         if self.input_grad:
-            self.dh @ self.w1.t()  # dx (N, 784)
+            torch.mm(self.dh, self.w1.t(), out=self.dx)  # dx (N, 784)
 
     def probe(self) -> dict[str, Tensor]:
         return {}
@@ -393,19 +397,24 @@ class TorchInfer:
 
 
 class HandgradInfer:
-    def __init__(self, init: Init, x: Tensor, batch: int):
+    def __init__(self, init: Init, x: Tensor, batch: int, fast: bool = False):
         self.model, self.x, self.batch = handgrad_mlp(init).eval(), x, batch
+        self.forward: Callable[[Tensor], Tensor] = self.model
+        if fast:
+            from .fast import FastStep
+
+            self.forward = FastStep(self.model).predict
 
     def run(self) -> Tensor:
-        model, x, b = self.model, self.x, self.batch
+        forward, x, b = self.forward, self.x, self.batch
         with torch.no_grad():
             for i in range(0, len(x), b):
-                out = model(x[i : i + b])
+                out = forward(x[i : i + b])
         return out
 
     def probe(self) -> dict[str, Tensor]:
         with torch.no_grad():
-            return {"output": self.model(self.x[: self.batch])}
+            return {"output": self.forward(self.x[: self.batch])}
 
 
 # ------------------------------------------------------------------------------ workloads
@@ -479,7 +488,7 @@ def build_workloads(cfg: Config) -> tuple[list[Workload], list[str]]:
             else:
                 workloads.append(_train(cfg, key, sizes, opt, lr, batch, fast_ok, skipped))
     if want("W5"):
-        workloads += [_w5(cfg, batch, full, quick) for batch, full, quick in W5_BATCHES]
+        workloads += [_w5(cfg, b, full, quick, fast_ok) for b, full, quick in W5_BATCHES]
     return workloads, skipped
 
 
@@ -544,7 +553,7 @@ def _train(
     return Workload(key, title, rows, cfg.rounds(7), variants, batch=batch)
 
 
-def _w5(cfg: Config, batch: int, full: int, quick: int) -> Workload:
+def _w5(cfg: Config, batch: int, full: int, quick: int, fast_ok: bool) -> Workload:
     rows = cfg.n(full, quick)
     x, _ = make_data(rows, cfg.seed)
     init = mlp_init([784, 256, 128, 10], cfg.seed)
@@ -552,6 +561,8 @@ def _w5(cfg: Config, batch: int, full: int, quick: int) -> Workload:
         Variant("torch eager", lambda: TorchInfer(init, x, batch), role="torch"),
         Variant("handgrad", lambda: HandgradInfer(init, x, batch)),
     ]
+    if fast_ok:
+        variants.append(Variant("handgrad fast", lambda: HandgradInfer(init, x, batch, True)))
     title = f"inference 784-256-128-10, batch {batch:,}, {rows:,} rows"
     return Workload("W5", title, rows, cfg.rounds(9), variants, batch=batch, unit="rows/s")
 
