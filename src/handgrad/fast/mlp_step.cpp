@@ -213,7 +213,7 @@ std::vector<Tensor> mlp_step(const Tensor& x, const Tensor& target,
       });
       if (biases[k]) out[4 + 2 * k] = db;  // (out_k,)
     } else {
-      if (relu_after[k]) d = at::threshold_backward(d, h, 0);  // d * (out > 0)
+      if (relu_after[k]) at::threshold_backward_out(d, d, h, 0);  // d *= (out > 0), in place
       if (biases[k]) out[4 + 2 * k] = d.sum(0);                // (out_k,)
     }
     out[3 + 2 * k] = n >= kTall ? at::mm(d.t(), acts[k]).t().contiguous()  // (in_k, out_k)
