@@ -76,6 +76,7 @@ class Config:
     repeats: int | None = None
     only: tuple[str, ...] = ()
     memory: bool = True
+    memory_repeats: int = 1
     fast: bool = True
     threads: int | None = None
     seed: int = 0
@@ -706,8 +707,13 @@ def memory_child() -> None:
 
 
 def measure_memory(cfg: Config, w: Workload, v: Variant) -> int | None:
+    """Median over ``cfg.memory_repeats`` fresh processes of the variant's extra peak RSS."""
     if not memory_supported():
         return None
+    return int(statistics.median(_memory_once(cfg, w, v) for _ in range(cfg.memory_repeats)))
+
+
+def _memory_once(cfg: Config, w: Workload, v: Variant) -> int:
     spec = {"config": {**asdict(cfg), "only": [w.key]}, "title": w.title, "label": v.label}
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1])

@@ -37,6 +37,12 @@ def add(sub: Any) -> None:
     p.add_argument("--repeats", type=int, help="timed rounds per workload (median reported)")
     p.add_argument("--threads", type=int, help="torch intra-op threads for both sides")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument(
+        "--memory-repeats",
+        type=int,
+        default=1,
+        help="fresh processes per peak-memory figure (median; small workloads vary by ~1 MiB)",
+    )
     p.add_argument("--no-fast", action="store_true", help="skip the compiled fast path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
@@ -48,7 +54,7 @@ def parse_config(args: argparse.Namespace) -> Config:
     unknown = [w for w in only if w not in WORKLOADS]
     if unknown:
         raise HandgradError(f"--only {args.only!r}: unknown {unknown}; choose from {WORKLOADS}")
-    for name in ("rows", "repeats", "threads"):
+    for name in ("rows", "repeats", "threads", "memory_repeats"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise HandgradError(f"--{name} {value}: must be a positive integer")
@@ -58,6 +64,7 @@ def parse_config(args: argparse.Namespace) -> Config:
         repeats=args.repeats,
         only=only,
         memory=not args.no_memory,
+        memory_repeats=args.memory_repeats,
         fast=not args.no_fast,
         threads=args.threads,
         seed=args.seed,
