@@ -270,10 +270,10 @@ def _derive(formula: str | sympy.Expr, simplify: bool) -> Derived:
     if problem:
         raise ValueError(problem)
     raw = sympy.diff(expr, var)
-    candidates = [raw]
+    candidates = [stabilize(raw)]
     if simplify:
         simple = stabilize(sympy.simplify(raw))
-        if sympy.count_ops(simple) <= sympy.count_ops(raw):
+        if sympy.count_ops(simple) <= sympy.count_ops(candidates[0]):
             candidates.insert(0, simple)
     problems = []
     for d in candidates:
