@@ -182,4 +182,5 @@ def test_col2im_is_the_adjoint_of_im2col(problem) -> None:
     cols = im2col(x, geo)
     c = torch.randn(cols.shape, generator=gen, dtype=torch.float64)
     torch.testing.assert_close((cols * c).sum(), (x * col2im(c, (h, w), geo)).sum())
-    torch.testing.assert_close(cols, TF.unfold(x, geo.kernel, geo.dilation, geo.padding, geo.stride))
+    unfold = TF.unfold(x, geo.kernel, geo.dilation, geo.padding, geo.stride)
+    torch.testing.assert_close(cols, unfold)

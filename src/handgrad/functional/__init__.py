@@ -34,7 +34,7 @@ from .activations import (
 from .conv import ConvGeometry, col2im, conv2d_backward, conv2d_forward, im2col
 from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
-from .losses import mse_backward, mse_forward
+from .losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
 from .norm import batchnorm_backward, batchnorm_forward, layernorm_backward, layernorm_forward
 from .pool import (
     avgpool2d_backward,
@@ -54,6 +54,8 @@ __all__ = [
     "col2im",
     "conv2d_backward",
     "conv2d_forward",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
     "dropout_backward",
     "dropout_forward",
     "gelu_backward",
