@@ -162,8 +162,9 @@ def lsuv_init(
     model: Module, xb: Tensor, *, tol: float = 0.02, max_iters: int = 10
 ) -> list[tuple[str, float, float]]:
     """Layer-sequential unit variance: for each weight layer in order, run ``model(xb)`` and
-    divide the layer's weights by the standard deviation of its output (and subtract the
-    output's mean from its bias), until the std is within ``tol`` of 1 or ``max_iters`` passes.
+    map the layer's output to ``(output - mean) / std`` by rescaling its weights and shifting
+    its bias, until the std is within ``tol`` of 1 (and the mean within ``tol`` of 0, for a
+    layer with a bias) or ``max_iters`` passes.
 
     Runs in evaluation mode (dropout off, batch norm on its running statistics, nothing kept
     for backward) and restores each module's mode after. Returns ``(layer name, mean, std)`` of
@@ -184,12 +185,13 @@ def lsuv_init(
                     mean, std = out.mean().item(), out.std().item()
                     if not std > 0:
                         raise ValueError(f"lsuv_init: the output of {name or 'model'} is constant")
-                    if abs(std - 1.0) <= tol:
+                    centred = layer.bias is None or abs(mean) <= tol
+                    if abs(std - 1.0) <= tol and centred:
                         break
-                    with torch.no_grad():
-                        layer.weight.div_(std)
+                    with torch.no_grad():  # output -> (output - mean) / std
                         if layer.bias is not None:
-                            layer.bias.sub_(mean / std)
+                            layer.bias.sub_(mean).div_(std)
+                        layer.weight.div_(std)
             finally:
                 handle.remove()
             report.append((name, mean, std))
