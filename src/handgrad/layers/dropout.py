@@ -20,7 +20,9 @@ class Dropout(Module):
 
     Args:
         p: probability of dropping a value, in [0, 1] (default 0.5).
-        generator: an optional private random generator.
+        generator: an optional private random generator. It advances with every call and
+            nothing re-seeds it, so ``gradcheck`` (which replays masks by re-seeding the global
+            generator) can only check a ``Dropout`` that uses the global one.
     """
 
     def __init__(self, p: float = 0.5, *, generator: torch.Generator | None = None) -> None:
