@@ -61,17 +61,6 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # A check is thousands of tiny float64 operations: threads add only hand-off costs (with 2
-    # threads on a busy 2-core machine the built-in cases ran 3x slower), so use one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(args: argparse.Namespace) -> int:
     console = make_console()
     start = time.perf_counter()
     if args.target:
