@@ -15,6 +15,7 @@ input gradient is computed there, by either side.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -165,6 +166,48 @@ def bench_layers(batch: int, rounds: int, clock: Callable[[], float]) -> list[di
     return rows
 
 
+def bench_other_layers(batch: int, rounds: int, clock: Callable[[], float]) -> list[dict]:
+    """BatchNorm2d and ReLU forward+backward at the cnn's activation shapes, against torch."""
+    from handgrad.layers import BatchNorm2d, ReLU
+
+    rows = []
+    for name, m, shape in cnn_conv_shapes(batch):
+        geo = m.geometry
+        ho, wo = geo.output_size(shape[2], shape[3])
+        out_shape = (batch, m.out_channels, ho, wo)
+        gen = torch.Generator().manual_seed(4)
+        x = torch.randn(out_shape, generator=gen)
+        dout = torch.randn(out_shape, generator=gen)
+        xr = x.clone().requires_grad_(True)
+        ours_bn, torch_bn = BatchNorm2d(m.out_channels), nn.BatchNorm2d(m.out_channels)
+        ours_relu = ReLU()
+
+        def run(layer, x=x, dout=dout):
+            layer(x)
+            return layer.backward(dout)
+
+        def run_torch(fn, xr=xr, dout=dout):
+            xr.grad = None
+            fn(xr).backward(dout)
+            return xr.grad
+
+        check_close(f"{name} BatchNorm2d dx", run(ours_bn), run_torch(torch_bn))
+        check_close(f"{name} ReLU dx", run(ours_relu), run_torch(torch.relu))
+        t = timed(
+            {
+                "bn": functools.partial(run, ours_bn),
+                "torch_bn": functools.partial(run_torch, torch_bn),
+                "relu": functools.partial(run, ours_relu),
+                "torch_relu": functools.partial(run_torch, torch.relu),
+            },
+            rounds,
+            clock,
+        )
+        shape_text = "x".join(map(str, out_shape))
+        rows.append({"shape": shape_text, **{k: v * 1e3 for k, v in t.items()}})
+    return rows
+
+
 def bench_model(batch: int, rounds: int, clock: Callable[[], float]) -> dict:
     """The whole cnn's forward+backward (no optimizer step), both sides in eval-free train mode
     with dropout off (a Dropout draws different masks on the two sides)."""
@@ -206,6 +249,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     rows = bench_layers(args.batch, args.rounds, clock)
+    others = bench_other_layers(args.batch, args.rounds, clock)
     model = bench_model(args.batch, args.rounds, clock)
     info = {
         "torch": torch.__version__,
@@ -216,7 +260,8 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
     }
     if args.json:
-        print(json.dumps({"info": info, "layers": rows, "model": model}, indent=2))
+        out = {"info": info, "layers": rows, "other_layers": others, "model": model}
+        print(json.dumps(out, indent=2))
         return
     print(f"batch {args.batch}, {info['threads']} threads, {args.clock} clock, median of "
           f"{args.rounds} alternating rounds, torch {torch.__version__}")  # fmt: skip
@@ -234,6 +279,17 @@ def main() -> None:
         f"| all convolutions | {total['torch_ms']:.2f} | {total['im2col_ms']:.2f} | "
         f"{total['direct_ms']:.2f} | {auto_total:.2f} | {total['torch_ms'] / auto_total:.2f}x |"
     )
+    print()
+    print(
+        "| activation (fwd+bwd) | BatchNorm2d ms | torch ms | ratio | ReLU ms | torch ms | ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in others:
+        print(
+            f"| {r['shape']} | {r['bn']:.2f} | {r['torch_bn']:.2f} | "
+            f"{r['torch_bn'] / r['bn']:.2f}x | {r['relu']:.2f} | {r['torch_relu']:.2f} | "
+            f"{r['torch_relu'] / r['relu']:.2f}x |"
+        )
     print()
     print(
         f"whole cnn forward+backward (batch {args.batch}): torch {model['torch_ms']:.2f} ms, "

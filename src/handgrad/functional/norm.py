@@ -82,10 +82,10 @@ def batchnorm_forward(
     mean = x3.sum(2).sum(0).div_(m).view(1, -1, 1)  # (1, C, 1)
     var = (x3 - mean).square_().sum(2).sum(0).div_(m)  # (C,), two-pass: no cancellation
     if running_mean is not None and running_var is not None:
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.detach().view(-1), alpha=momentum)
-            running_var.mul_(1 - momentum).add_(var.detach() * (m / (m - 1)), alpha=momentum)
-    inv_std = torch.rsqrt(var + eps).view(1, -1, 1)  # (1, C, 1)
+        with torch.no_grad():  # running += momentum * (batch - running)
+            running_mean.lerp_(mean.detach().view(-1), momentum)
+            running_var.lerp_(var.detach() * (m / (m - 1)), momentum)
+    inv_std = (var + eps).rsqrt_().view(1, -1, 1)  # (1, C, 1)
     g = None if gamma is None else gamma.view(1, -1, 1)
     out = _bn_affine(x3, mean, inv_std, gamma, beta).view(x.shape)
     return out, NormCache(x, mean, inv_std, g, dims)
@@ -98,9 +98,10 @@ def _bn_affine(
     ``y = x * scale + shift``: one pass over ``x`` (one ``addcmul``) instead of four. (The 3-d
     view matters: the same broadcast over (N, C, H, W) is measured ~2x slower.)"""
     scale = inv_std if gamma is None else gamma.view(1, -1, 1) * inv_std  # (1, C, 1)
-    shift = -mean * scale
-    if beta is not None:
-        shift = shift + beta.view(1, -1, 1)
+    if beta is None:
+        shift = -mean * scale
+    else:
+        shift = torch.addcmul(beta.view(1, -1, 1), mean, scale, value=-1.0)  # beta - mean*scale
     return torch.addcmul(shift, x, scale)  # (N, C, L)
 
 
@@ -126,8 +127,9 @@ def batchnorm_backward(
     if not need_dx:
         return None, dgamma, dbeta
     a = inv_std if gamma is None else gamma * inv_std  # (1, C, 1)
-    # dx = a/M (M dy - sum(dy) - xhat sum(dy xhat)) = a dy - (a sum(dy xhat)/M) xhat - a sum(dy)/M
-    dx = torch.addcmul(-a * sum_dy / m, xhat, -a * sum_dy_xhat / m, out=xhat)  # in xhat's memory
+    k = a * (-1.0 / m)  # (1, C, 1)
+    # dx = a/M (M dy - sum(dy) - xhat sum(dy xhat)) = a dy + k sum(dy xhat) xhat + k sum(dy)
+    dx = torch.addcmul(k * sum_dy, xhat, k * sum_dy_xhat, out=xhat)  # in xhat's memory
     return dx.addcmul_(dy, a).view(x.shape), dgamma, dbeta
 
 
