@@ -77,8 +77,9 @@ def batchnorm_forward(
             f"shape {tuple(x.shape)}; use a batch larger than 1 or call .eval()"
         )
     x3 = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, L): a view; L = H*W, or 1 for (N, C)
-    # Sums along the contiguous last axis first, then over the batch: several times faster on
-    # the CPU than one reduction over (0, 2, 3) (and than torch.var_mean, measured ~10x).
+    # Sums along the contiguous last axis first, then over the batch: about 2x faster on the
+    # CPU than one reduction over (0, 2, 3), and the two passes together several times faster
+    # than torch.var_mean (a Welford reduction) at the cnn's shapes.
     mean = x3.sum(2).sum(0).div_(m).view(1, -1, 1)  # (1, C, 1)
     var = (x3 - mean).square_().sum(2).sum(0).div_(m)  # (C,), two-pass: no cancellation
     if running_mean is not None and running_var is not None:
@@ -96,7 +97,7 @@ def _bn_affine(
 ) -> Tensor:
     """``y = gamma * (x - mean) * inv_std + beta`` for ``x`` (N, C, L), folded per channel into
     ``y = x * scale + shift``: one pass over ``x`` (one ``addcmul``) instead of four. (The 3-d
-    view matters: the same broadcast over (N, C, H, W) is measured ~2x slower.)"""
+    view matters: the same broadcast over (N, C, H, W) measured about 1.7x slower.)"""
     scale = inv_std if gamma is None else gamma.view(1, -1, 1) * inv_std  # (1, C, 1)
     if beta is None:
         shift = -mean * scale
