@@ -17,6 +17,7 @@ import hashlib
 import http.client
 import os
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -188,7 +189,7 @@ def _fetch_one(url: str, remote: RemoteFile, target: Path, advance: Callable[[in
             out.flush()
             os.fsync(out.fileno())
         if size != remote.size:
-            raise MirrorFailed(f"got {size:,} bytes, expected {remote.size:,} (connection cut?)")
+            raise MirrorFailed(f"connection dropped after {size:,} of {remote.size:,} bytes")
         if digest.hexdigest() != remote.sha256:
             raise MirrorFailed(
                 f"SHA-256 mismatch: got {digest.hexdigest()[:16]}..., expected "
@@ -201,7 +202,9 @@ def _fetch_one(url: str, remote: RemoteFile, target: Path, advance: Callable[[in
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, http.client.IncompleteRead):
-        return f"connection dropped after {len(exc.partial):,} bytes of the body"
+        return f"connection dropped after {len(exc.partial):,} more bytes"
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
     reason = getattr(exc, "reason", None)
     return f"{type(exc).__name__}: {reason or exc}"
 

@@ -76,7 +76,10 @@ def load_pickle(path: Path) -> Any:
         ) from None
     except EOFError:
         raise bad_file(path, "the pickle data is truncated", "fetch the file again") from None
-    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except pickle.UnpicklingError as exc:
+        problem = "the pickle data is truncated" if "truncated" in str(exc) else f"corrupt ({exc})"
+        raise bad_file(path, problem, "fetch the file again") from None
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:
         raise bad_file(
             path, f"not a readable pickle ({type(exc).__name__}: {exc})", "fetch the file again"
         ) from None
