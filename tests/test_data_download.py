@@ -249,3 +249,20 @@ def test_data_root_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(registry.sys, "platform", "linux")
     assert registry.data_root() == tmp_path / "xdg" / "handgrad"
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, server, remote, monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    load_dataset("mnist", data_dir=tmp_path / "a")
+    assert capsys.readouterr().err == ""  # not a terminal: quiet
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=120)
+    monkeypatch.setattr(download, "make_console", lambda stderr=False: terminal)
+    load_dataset("mnist", data_dir=tmp_path / "b")
+    assert "train-images-idx3-ubyte.gz from 127.0.0.1" in screen.getvalue()
+    screen.truncate(0)
+    load_dataset("mnist", data_dir=tmp_path / "c", progress=False)
+    assert screen.getvalue() == ""
