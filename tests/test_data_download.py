@@ -64,7 +64,9 @@ class Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.watchdog = threading.Timer(SERVER_DEADLINE_S, self.httpd.shutdown)
 
     def __enter__(self) -> Server:
@@ -233,6 +235,16 @@ def test_system_folder_is_used_and_the_cache_wins_over_it(tmp_path):
     _idx_folder(tmp_path / "cache" / "fashion-mnist", n_train=18)
     ds = load_dataset("FASHION-MNIST", download=False)
     assert ds.source == str(tmp_path / "cache" / "fashion-mnist") and len(ds.train) == 15
+
+
+def test_named_dataset_must_hold_28x28_images(tmp_path):
+    folder = tmp_path / "cache" / "mnist"
+    write_idx(folder / "train-images-idx3-ubyte.gz", np.zeros((12, 20, 20), np.uint8))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(12, np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((6, 20, 20), np.uint8))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(6, np.uint8))
+    with pytest.raises(HandgradError, match="holds 20x20 images, but mnist has 28x28"):
+        load_dataset("mnist", download=False)
 
 
 def test_half_downloaded_cache_is_not_loaded(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handgrad.data import DataLoader
+from handgrad.data import DataLoader, pixel_stats
 
 N = 103  # not a multiple of the batch size, nor of the world sizes used below
 
@@ -156,3 +156,13 @@ def test_cpu_device_keeps_the_split_in_place():
     dl = DataLoader(x, y, 8, device="cpu")
     assert dl.resident and dl.x is x
     assert "batches=13" in repr(dl)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 20_000])
+def test_pixel_stats_match_float64_torch(rows):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.rand(rows, 7, generator=g) * 0.01 + 0.5  # a large mean, a tiny spread
+    mean, std = pixel_stats(x, chunk_rows=64)
+    ref_std, ref_mean = torch.std_mean(x.double())
+    assert mean == pytest.approx(float(ref_mean), rel=1e-12)
+    assert std == pytest.approx(float(ref_std), rel=1e-6)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from ..data import Dataset, load_dataset
+from ..data import Dataset, load_dataset, pixel_stats
 from ..errors import HandgradError
 from ..ui import make_console
 
@@ -70,14 +70,14 @@ def run_info(args: argparse.Namespace) -> int:
     for col in ("split", "rows", "x", "y", "pixel mean", "pixel std", "min", "max"):
         t.add_column(col, justify="left" if col == "split" else "right")
     for name, s in splits.items():
-        x64 = s.x.double()
+        mean, std = pixel_stats(s.x)
         t.add_row(
             name,
             f"{len(s):,}",
             f"{tuple(s.x.shape)} {str(s.x.dtype).removeprefix('torch.')}",
             f"{tuple(s.y.shape)} {str(s.y.dtype).removeprefix('torch.')}",
-            f"{float(x64.mean()):.4f}",
-            f"{float(x64.std()):.4f}",
+            f"{mean:.4f}",
+            f"{std:.4f}",
             f"{float(s.x.min()):.3g}",
             f"{float(s.x.max()):.3g}",
         )
@@ -91,10 +91,10 @@ def run_info(args: argparse.Namespace) -> int:
     for label, cls in enumerate(ds.classes):
         counts.add_row(str(label), cls, *(f"{per_split[n][label]:,}" for n in splits))
     console.print(counts)
-    train = ds.train.x.double()
+    mean, std = pixel_stats(ds.train.x)
     console.print(
-        f"normalize with mean={float(train.mean()):.4f}, std={float(train.std()):.4f} "
-        "(training pixels)"
+        f"normalize with mean={mean:.4f}, std={std:.4f} (training pixels): "
+        "DataLoader(..., mean=mean, std=std)"
     )
     return 0
 

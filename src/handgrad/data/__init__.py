@@ -6,7 +6,7 @@ extra), ``load_dataset("mnist")`` / ``("fashion-mnist")`` find or download the f
 of them. Every file is validated; pickles can only rebuild numpy arrays.
 """
 
-from .dataset import DIGITS, FASHION, Dataset, Split
+from .dataset import DIGITS, FASHION, Dataset, Split, pixel_stats
 from .loader import DataLoader
 from .registry import NAMES, data_root, load_dataset
 
@@ -19,4 +19,5 @@ __all__ = [
     "Split",
     "data_root",
     "load_dataset",
+    "pixel_stats",
 ]

@@ -95,6 +95,22 @@ class Dataset:
         return self.train.x.shape[1]
 
 
+def pixel_stats(x: Tensor, chunk_rows: int = 8192) -> tuple[float, float]:
+    """Mean and standard deviation of every value of ``x``, accumulated in float64 chunk by
+    chunk (exact enough for any size, without a float64 copy of the whole split)."""
+    n, total, squares = x.numel(), 0.0, 0.0
+    if n == 0:
+        raise ValueError("pixel_stats of an empty tensor")
+    mean_guess = float(x[:chunk_rows].double().mean())  # shift: avoids cancellation in E[x^2]
+    for chunk in x.split(chunk_rows):
+        c = chunk.double() - mean_guess  # (rows, D)
+        total += float(c.sum())
+        squares += float((c * c).sum())
+    mean = total / n
+    var = max(squares / n - mean * mean, 0.0) * n / max(n - 1, 1)  # unbiased, as torch.std
+    return mean + mean_guess, math.sqrt(var)
+
+
 def to_split(
     x: np.ndarray, y: np.ndarray, where: str, n_classes: int = N_CLASSES
 ) -> tuple[Split, tuple[int, int, int]]:

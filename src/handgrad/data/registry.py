@@ -28,6 +28,7 @@ from .sample import load_sample
 from .sources import find_in_folder, load_path
 
 NAMES = (SAMPLE, "mnist", "fashion-mnist")
+MNIST_SHAPE = (1, 28, 28)
 CLASSES = {SAMPLE: DIGITS, "mnist": DIGITS, "fashion-mnist": FASHION}
 #: Files relative to the working folder that hold a named dataset (the lesson's layout).
 LESSON_FILES: dict[str, list[Path]] = {"mnist": [Path("data", "mnist.pkl.gz")]}
@@ -83,13 +84,13 @@ def load_dataset(
     classes = list(CLASSES[key])
     for candidate in LESSON_FILES.get(key, []):
         if candidate.is_file():
-            return load_path(candidate.resolve(), key, classes)
+            return _named(candidate.resolve(), key, classes)
     folder = data_root(data_dir) / key
     if _usable(folder, complete=True):
-        return load_path(folder, key, classes)
+        return _named(folder, key, classes)
     for system_dir in SYSTEM_DIRS.get(key, []):
         if _usable(system_dir):
-            return load_path(system_dir, key, classes)
+            return _named(system_dir, key, classes)
     if not download:
         searched = [*LESSON_FILES.get(key, []), folder, *SYSTEM_DIRS.get(key, [])]
         raise HandgradError(
@@ -97,7 +98,18 @@ def load_dataset(
             f"off; allow the download, or put the files in {folder}"
         )
     fetch_all(key, folder, progress=progress)
-    return load_path(folder, key, classes)
+    return _named(folder, key, classes)
+
+
+def _named(path: Path, key: str, classes: list[str]) -> Dataset:
+    """Load a named dataset's files, which must hold 28x28 images like every MNIST-family set."""
+    ds = load_path(path, key, classes)
+    if ds.image_shape != MNIST_SHAPE:
+        _, h, w = ds.image_shape
+        raise HandgradError(
+            f"{ds.source}: holds {h}x{w} images, but {key} has 28x28; these files are not {key}"
+        )
+    return ds
 
 
 def _usable(folder: Path, complete: bool = False) -> bool:
