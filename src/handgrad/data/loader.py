@@ -37,8 +37,8 @@ class DataLoader:
         seed: the shuffling seed.
         drop_last: skip the last batch when it is smaller than ``batch_size``.
         device: where batches are delivered. The whole split is moved there once when it takes
-            less than half of the device's free memory; otherwise it stays in (pinned) host
-            memory and each batch is copied over asynchronously.
+            less than half of the device's free memory; otherwise it stays in host memory and
+            each batch is copied over as it is delivered.
         mean, std: normalize ``x`` to ``(x - mean) / std`` (scalars or tensors broadcasting
             against one row). Applied once to the whole split when the loader is built, so no
             batch pays for it; this keeps a normalized copy of ``x``.
@@ -96,8 +96,6 @@ class DataLoader:
         self.x, self.y = x.to(data_device), y.to(data_device)
         if mean is not None or std is not None:
             self.x = _normalize(self.x, mean, std)
-        if not self.resident and self.device.type == "cuda":
-            self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
         self.shard_size = len(x) // world_size if world_size > 1 else len(x)
         self._epoch = 0
         self._gather_per_epoch = False
@@ -133,22 +131,21 @@ class DataLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self._epoch
         self._epoch += 1
-        idx = self.order(epoch)
-        x, y = self.x, self.y
-        offset = 0 if idx is not None else self.rank * self.shard_size
-        if idx is not None and self._gather_per_epoch:  # the alternative, kept for the benchmark
-            x, y, idx = x.index_select(0, idx), y.index_select(0, idx), None
+        x, y, idx = self.x, self.y, self.order(epoch)
+        offset = self.rank * self.shard_size  # where this rank's rows start (sequential order)
+        if idx is not None:
+            # Labels are small (8 bytes a row): one gather per epoch, then views per batch.
+            y, offset = y.index_select(0, idx), 0
+            if self._gather_per_epoch:  # the alternative for x, kept for the benchmark
+                x, idx = x.index_select(0, idx), None
         bs, n = self.batch_size, len(self) * self.batch_size
         for start in range(0, min(n, self.shard_size), bs):
-            stop = min(start + bs, self.shard_size)
-            if idx is None:  # a view: no copy at all
-                xb, yb = x[offset + start : offset + stop], y[offset + start : offset + stop]
-            else:  # one gather per tensor for the whole batch
-                rows = idx[start:stop]  # (B,)
-                xb, yb = x.index_select(0, rows), y.index_select(0, rows)
+            lo, hi = offset + start, offset + min(start + bs, self.shard_size)
+            yb = y[lo:hi]  # (B,) a view
+            # A view of x in sequential order, else one gather for the whole batch.
+            xb = x[lo:hi] if idx is None else x.index_select(0, idx[lo:hi])  # (B, D)
             if not self.resident:
-                xb = xb.to(self.device, non_blocking=True)
-                yb = yb.to(self.device, non_blocking=True)
+                xb, yb = xb.to(self.device), yb.to(self.device)
             yield xb, yb
 
     def __repr__(self) -> str:
