@@ -96,6 +96,15 @@ def main() -> None:
         for xb, _ in per_batch:
             _ = (xb - mean) / std
 
+    # The same gathers from a source small enough to stay in cache: what is left is the
+    # per-batch work itself, so the difference is the cost of reaching rows in main memory.
+    small = x[:1000].clone()
+    small_rows = torch.randint(0, 1000, (args.rows,), generator=g)
+
+    def gather_from_cache() -> None:
+        for rows in small_rows.split(bs):
+            small.index_select(0, rows)
+
     model = lesson_mlp(g)
     # The model-only epoch: batches gathered beforehand, in a shuffled order.
     order = torch.randperm(args.rows, generator=g)
@@ -113,6 +122,7 @@ def main() -> None:
         "loader: shuffled, index_select per batch (default)": lambda: consume(per_batch),
         "loader: shuffled, one gather per epoch": lambda: consume(per_epoch),
         "loader: sequential (views)": lambda: consume(sequential),
+        "the same gathers from a 1,000-row source (in cache)": gather_from_cache,
         "loader: shuffled + normalized once (at build)": lambda: consume(normalized),
         "loader: shuffled + normalizing each batch": normalize_each_batch,
         "train epoch, model only (batches ready)": model_epoch,
