@@ -237,6 +237,11 @@ def test_system_folder_is_used_and_the_cache_wins_over_it(tmp_path):
     assert ds.source == str(tmp_path / "cache" / "fashion-mnist") and len(ds.train) == 15
 
 
+def test_a_path_object_named_like_a_dataset_is_a_path(tmp_path):
+    with pytest.raises(HandgradError, match="mnist: no such file or folder"):
+        load_dataset(Path("mnist"))
+
+
 def test_named_dataset_must_hold_28x28_images(tmp_path):
     folder = tmp_path / "cache" / "mnist"
     write_idx(folder / "train-images-idx3-ubyte.gz", np.zeros((12, 20, 20), np.uint8))

@@ -66,7 +66,8 @@ def load_dataset(
     dataset at a path (a ``.pkl.gz``, an ``.npz``, IDX files, or a folder holding them).
 
     Args:
-        name_or_path: a name from :data:`NAMES`, or a path.
+        name_or_path: a name from :data:`NAMES` (any case), or a path; a ``Path`` object, or a
+            string that is not a name, is read as a path (write ``./mnist`` for a folder).
         data_dir: where named datasets are cached (default ``$HANDGRAD_DATA`` or the platform
             cache folder).
         download: fetch a named dataset that is nowhere on this machine (SHA-256 verified).
@@ -77,7 +78,7 @@ def load_dataset(
     """
     text = os.fspath(name_or_path)
     key = text.lower()
-    if key not in NAMES:
+    if not isinstance(name_or_path, str) or key not in NAMES:  # a Path is always a path
         return load_path(Path(text))
     if key == SAMPLE:
         return load_sample()
