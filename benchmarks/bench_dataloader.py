@@ -9,9 +9,9 @@ Measured in one process, alternating, median of ``--repeats`` rounds:
   alternative it was measured against: one gather of the whole epoch, then views;
 - the same loader in sequential order (views, the floor);
 - PyTorch's ``DataLoader`` over a ``TensorDataset`` (per-item indexing and collate), shuffled;
-- one training epoch of the lesson's 784-50-10 MLP (handgrad ``Linear``/``ReLU``, softmax
-  cross-entropy backward ``(p - onehot) / B`` and the SGD update written inline here), fed from
-  batches prepared beforehand, so that it holds the model's work only;
+- one training epoch of the lesson's 784-50-10 MLP (handgrad ``Linear``, ``ReLU``,
+  ``CrossEntropyLoss`` and ``SGD``), fed from batches prepared beforehand, so that it holds the
+  model's work only;
 - the same epoch fed by the loader (end to end).
 
 The figure that matters: loader epoch / training epoch (target: under 5%).
@@ -30,7 +30,9 @@ from torch import Tensor
 
 from handgrad.data import DataLoader
 from handgrad.layers import Linear, ReLU
+from handgrad.losses import CrossEntropyLoss
 from handgrad.module import Module, Sequential
+from handgrad.optim import SGD
 from handgrad.ui import make_console
 
 
@@ -42,18 +44,13 @@ def lesson_mlp(generator: torch.Generator) -> Sequential:
     )
 
 
-def train_step(model: Module, xb: Tensor, yb: Tensor, lr: float) -> None:
+def train_step(model: Module, loss_fn: CrossEntropyLoss, opt: SGD, xb: Tensor, yb: Tensor) -> None:
     """One SGD step on the mean softmax cross-entropy, every gradient by hand."""
-    logits = model(xb)  # (B, 10)
-    probs = torch.softmax(logits, dim=1)  # (B, 10)
-    # dL/dlogits of mean(-log p[y]) is (p - onehot(y)) / B
-    dlogits = probs
-    dlogits[torch.arange(len(yb)), yb] -= 1.0
-    dlogits /= len(yb)
+    loss_fn(model(xb), yb)
+    dlogits, _ = loss_fn.backward()  # (B, 10): (softmax - onehot) / B
     model.backward(dlogits, need_input_grad=False)
-    for p in model.parameters():
-        p.sub_(lr * p.g)
-        p.g = None
+    opt.step()
+    opt.zero_grad()
 
 
 def consume(batches: Iterable[tuple[Tensor, Tensor]]) -> None:
@@ -106,17 +103,18 @@ def main() -> None:
             small.index_select(0, rows)
 
     model = lesson_mlp(g)
+    loss_fn, opt = CrossEntropyLoss(), SGD(model.parameters(), lr=0.1)
     # The model-only epoch: batches gathered beforehand, in a shuffled order.
     order = torch.randperm(args.rows, generator=g)
     ready = [(x[i], y[i]) for i in order.split(bs)]
 
     def model_epoch() -> None:
         for xb, yb in ready:
-            train_step(model, xb, yb, 0.1)
+            train_step(model, loss_fn, opt, xb, yb)
 
     def loader_epoch() -> None:
         for xb, yb in per_batch:
-            train_step(model, xb, yb, 0.1)
+            train_step(model, loss_fn, opt, xb, yb)
 
     cases: dict[str, Callable[[], object]] = {
         "loader: shuffled, index_select per batch (default)": lambda: consume(per_batch),
