@@ -1,9 +1,9 @@
 """Element-wise activations: each forward returns ``(y, cache)``, each backward ``dx``.
 
-The cache is the cheapest thing the derivative can be computed from: a bool mask for the
-piecewise-linear ones (1 byte per element), the output itself when the derivative is a function
-of it (sigmoid, tanh, softmax: no extra memory, the layer already holds its output), else the
-input (which the layer holds too).
+The cache is the cheapest thing the derivative can be computed from: a bool mask for ReLU and
+leaky ReLU (1 byte per element), the output itself when the derivative is a function of it
+(sigmoid, tanh, softmax: no extra memory, the layer already holds its output), else the input
+(which the layer holds too).
 """
 
 from __future__ import annotations
