@@ -1,5 +1,5 @@
 """Sub-commands of the ``handgrad`` CLI, one module each (see :mod:`handgrad.cli`)."""
 
-from . import bench, check, demo
+from . import bench, check, data, demo
 
-COMMANDS = [check, demo, bench]
+COMMANDS = [check, demo, data, bench]
