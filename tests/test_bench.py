@@ -80,3 +80,15 @@ def test_bad_options_are_one_line_errors() -> None:
     assert res.status == 2 and "unknown ['W9']" in res.err
     res = run_cli("bench", "--rows", "0")
     assert res.status == 2 and "--rows 0" in res.err
+
+
+def test_updated_parameters_may_differ_only_in_a_few_elements() -> None:
+    """Adam steps every weight by about lr, whatever the gradient's size: where a gradient is
+    within rounding of zero the libraries may step differently; a wrong update rule moves
+    nearly every element and is refused."""
+    ref = {"param:w": torch.linspace(-1, 1, 10_000)}
+    few = ref["param:w"].clone()
+    few[:5] += 0.01  # 0.05% of the elements
+    assert bench.compare({"param:w": few}, ref).ok
+    assert not bench.compare({"param:w": ref["param:w"] * 1.01}, ref).ok
+    assert not bench.compare({"grad:w": few}, {"grad:w": ref["param:w"]}).ok  # gradients: strict
