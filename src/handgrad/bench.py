@@ -289,9 +289,10 @@ class TorchTrain:
 
 
 class HandgradTrain:
-    """handgrad, one of three paths: ``loop`` (the readable Python step a learner reads),
-    ``fast`` (:class:`handgrad.fast.FastStep`, one compiled call per step) or ``learner``
-    (``Learner.fit`` with progress, metrics and recorder callbacks)."""
+    """handgrad, one of four paths: ``loop`` (the readable Python step a learner reads),
+    ``fast`` (:class:`handgrad.fast.FastStep`, one compiled call per step), ``learner``
+    (``Learner.fit`` with progress, metrics and recorder callbacks) or ``fast learner``
+    (the same with :class:`handgrad.fast.learner.FastLearner`)."""
 
     def __init__(
         self,
@@ -316,7 +317,7 @@ class HandgradTrain:
             self.fast = FastStep(self.model, self.loss_fn)
 
     def run(self) -> None:
-        if self.path == "learner":
+        if self.path.endswith("learner"):
             self._learner(self.batches).fit(1)
             return
         model, loss_fn, opt, fast = self.model, self.loss_fn, self.opt, self.fast
@@ -331,13 +332,20 @@ class HandgradTrain:
                 opt.zero_grad()
 
     def _learner(self, batches: Batches, callbacks: tuple[Any, ...] = ()) -> Any:
+        """The Learner with the callbacks a training run shows: a progress bar (rendered
+        into memory), metrics (accuracy) and the recorder."""
         from .callbacks import Metrics, Progress, Recorder
         from .learner import Learner
         from .metrics import accuracy
 
+        cls = Learner
+        if self.path == "fast learner":
+            from .fast.learner import FastLearner
+
+            cls = FastLearner
         quiet = make_quiet_console()
         cbs = [Progress(quiet), Metrics(accuracy=accuracy), Recorder(), *callbacks]
-        return Learner(self.model, self.loss_fn, self.opt, batches, None, callbacks=cbs)
+        return cls(self.model, self.loss_fn, self.opt, batches, None, callbacks=cbs)
 
     def probe(self) -> dict[str, Tensor]:
         from .layers import Dropout
@@ -348,7 +356,7 @@ class HandgradTrain:
         first = self.batches.first()
         grads: dict[str, Tensor] = {}
         losses: list[Tensor] = []
-        if self.path == "learner":
+        if self.path.endswith("learner"):
             from .learner import Callback
 
             class Capture(Callback):
@@ -422,29 +430,31 @@ class HandgradGrad:
 
 
 class GemmFloor:
-    """W1's matrix products alone, the floor: the GEMMs the backward pass needs, writing into
-    preallocated outputs (no allocation, no page faults, nothing else): ``x @ W1 + b1``,
-    ``h @ W2 + b2``, ``h^T @ dout``, ``dout @ W2^T``, ``dh^T @ x`` (the faster of the two
-    layouts of dW1) and, with the input gradient, ``dh @ W1^T``."""
+    """The floor: a workload's matrix products alone, writing into preallocated outputs (no
+    allocation, no page faults, nothing else). Per step and layer ``k`` (input ``a_k``, output
+    gradient ``d_k``): the forward ``a_k @ W_k + b_k``, ``dW_k`` (as ``d_k^T @ a_k``, the faster
+    of its two layouts) and, below the top layer or for the input gradient, ``d_k @ W_k^T``."""
 
-    def __init__(self, init: Init, x: Tensor, input_grad: bool):
-        (self.w1, self.b1), (self.w2, self.b2) = init
-        self.x, self.input_grad = x, input_grad
-        n, hidden, outs = len(x), self.w1.shape[1], self.w2.shape[1]
+    def __init__(self, init: Init, batches: Batches, input_grad: bool = False):
+        self.init, self.batches, self.input_grad = init, batches, input_grad
         g = torch.Generator().manual_seed(0)
-        self.dout = torch.randn(n, outs, generator=g)  # (N, 1)
-        self.h, self.o = torch.empty(n, hidden), torch.empty(n, outs)
-        self.dw2, self.dh = torch.empty(hidden, outs), torch.empty(n, hidden)
-        self.dw1t, self.dx = torch.empty(hidden, x.shape[1]), torch.empty_like(x)
+        n = batches.batch_size
+        self.outs = [torch.empty(n, w.shape[1]) for w, _ in init]  # forward outputs
+        self.grads = [torch.randn(n, w.shape[1], generator=g) for w, _ in init]  # d_k
+        self.dws = [torch.empty(w.shape[1], w.shape[0]) for w, _ in init]  # dW_k^T
+        self.dxs = [torch.empty(n, w.shape[0]) for w, _ in init]  # d_k @ W_k^T
 
     def run(self) -> None:
-        torch.addmm(self.b1, self.x, self.w1, out=self.h)  # (N, 50)
-        torch.addmm(self.b2, self.h, self.w2, out=self.o)  # (N, 1)
-        torch.mm(self.h.t(), self.dout, out=self.dw2)  # dW2 (50, 1)
-        torch.mm(self.dout, self.w2.t(), out=self.dh)  # dh (N, 50)
-        torch.mm(self.dh.t(), self.x, out=self.dw1t)  # dW1^T (50, 784)
-        if self.input_grad:
-            torch.mm(self.dh, self.w1.t(), out=self.dx)  # dx (N, 784)
+        init, outs, grads, dws, dxs = self.init, self.outs, self.grads, self.dws, self.dxs
+        for xb, _ in self.batches:
+            m = len(xb)
+            acts = [xb]
+            for k, (w, b) in enumerate(init):
+                acts.append(torch.addmm(b, acts[k], w, out=outs[k][:m]))  # (m, out_k)
+            for k in range(len(init) - 1, -1, -1):
+                torch.mm(grads[k][:m].t(), acts[k], out=dws[k])  # dW_k^T (out_k, in_k)
+                if k > 0 or self.input_grad:
+                    torch.mm(grads[k][:m], init[k][0].t(), out=dxs[k][:m])  # (m, in_k)
 
     def probe(self) -> dict[str, Tensor]:
         return {}
@@ -589,7 +599,10 @@ def _w1(cfg: Config, input_grad: bool, fast_ok: bool) -> Workload:
         variants.append(
             Variant("handgrad fast", lambda: HandgradGrad(init, x, y, input_grad, True))
         )
-    variants.append(Variant("GEMMs alone", lambda: GemmFloor(init, x, input_grad), role="floor"))
+    whole = Batches(x, y, rows)
+    variants.append(
+        Variant("GEMMs alone", lambda: GemmFloor(init, whole, input_grad), role="floor")
+    )
     tag = "with input grad" if input_grad else "no input grad"
     title = f"full batch fwd+bwd 784-50-1 MSE, {rows:,} rows, {tag}"
     return Workload("W1", title, rows, cfg.rounds(9), variants, batch=rows)
@@ -637,6 +650,17 @@ def _train(
                     baseline="handgrad",
                 )
             )
+            if fast_ok:
+                variants.append(
+                    Variant(
+                        "FastLearner",
+                        lambda: HandgradTrain(
+                            lambda: handgrad_mlp(init), b, opt, lr, "fast learner"
+                        ),
+                        baseline="handgrad fast",
+                    )
+                )
+    variants.append(Variant("GEMMs alone", lambda: GemmFloor(init, b), role="floor"))
     name = "SGD" if opt == "sgd" else "Adam"
     title = f"epoch {'-'.join(map(str, sizes))} CE {name}, batch {batch}, {rows:,} rows"
     return Workload(key, title, rows, cfg.rounds(7), variants, batch=batch)
@@ -966,7 +990,7 @@ def targets(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
         floor = next((r for r in w["results"] if r["role"] == "floor"), None)
-        if floor and b is not None:
+        if floor and b is not None and w["key"] == "W1":
             ratio = b["median"] / floor["median"]
             out.append(
                 {
