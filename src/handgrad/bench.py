@@ -23,7 +23,8 @@ How each number is measured:
   counted by ``torch.utils.flop_counter.FlopCounterMode`` on one step of the PyTorch side) over
   the median time, and that as a fraction of this machine's single-precision GEMM peak, which
   the bench measures itself (best of several large ``torch.mm`` calls).
-- **Peak memory**: each variant runs once more in a fresh Python process (one thread, one
+- **Peak memory**: after all the timing, each variant runs once more in a fresh Python process
+  (several side by side: resident memory does not depend on the neighbours; one thread, one
   malloc arena, so that per-thread heaps add no noise): data and model are built and one step
   warms the libraries up, freed heap memory is returned to the system (``malloc_trim``), the
   kernel's peak-RSS counter is reset (``/proc/self/clear_refs``), the workload runs, and the
@@ -38,6 +39,7 @@ How each number is measured:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import gc
@@ -693,7 +695,7 @@ def _w4(cfg: Config) -> Workload:
         Variant("handgrad", lambda: HandgradTrain(hg, b, "adamw", W4_LR, "loop", s)),
     ]
     title = f"epoch cnn (5 conv+BN+ReLU) CE AdamW, batch {W4_BATCH}, {rows:,} rows"
-    return Workload("W4", title, rows, cfg.rounds(5), variants, batch=W4_BATCH)
+    return Workload("W4", title, rows, cfg.rounds(3), variants, batch=W4_BATCH)
 
 
 def _w5(cfg: Config, batch: int, full: int, quick: int, fast_ok: bool) -> Workload:
@@ -931,13 +933,21 @@ def run_bench(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> 
                 row.peak_fraction = flops / row.median / peak
             if row.baseline and row.baseline in rows:
                 row.overhead = row.median / rows[row.baseline].median - 1.0
-        if cfg.memory:
-            for v in w.variants:
-                if v.role == "floor":
-                    continue
-                progress(f"{w.key} peak memory: {v.label} (fresh process)")
-                rows[v.label].peak_bytes = measure_memory(cfg, w, v)
         results.append(Result(w.key, w.title, w.unit, w.rows, flops, list(rows.values())))
+    if cfg.memory:
+        # After all the timing: the fresh processes run side by side (memory is not time).
+        jobs = [
+            (w, v, row)
+            for w, r in zip(workloads, results, strict=True)
+            for v, row in zip(w.variants, r.results, strict=True)
+            if v.role != "floor"
+        ]
+        progress(f"peak memory: {len(jobs)} fresh processes")
+        workers = max(1, min(4, os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            peaks = pool.map(lambda job: measure_memory(cfg, job[0], job[1]), jobs)
+            for (_, _, row), peak_bytes in zip(jobs, peaks, strict=True):
+                row.peak_bytes = peak_bytes
     return {
         "machine": machine_info(peak),
         "config": asdict(cfg),
