@@ -27,8 +27,7 @@ def relu_backward(dout: Tensor, out: Tensor) -> Tensor:
 
     That is ``dout * (y > 0)``, computed by ATen's ``threshold_backward`` (the kernel behind
     PyTorch's own ReLU backward) in one pass: the product with a bool mask would first build
-    the mask, then a float copy of it, and measured 20-35x slower for (1024, 256) activations
-    (benchmarks/results-perf.md).
+    the mask, then a float copy of it, and measured 3x to 8x slower (benchmarks/bench_kernels.py).
     """
     return torch.ops.aten.threshold_backward(dout, out, 0.0)
 
