@@ -522,6 +522,7 @@ class Workload:
     variants: list[Variant]
     batch: int = 0  # rows per step (what one probe processes); 0: all rows at once
     unit: str = "s"  # "s": time per run; "rows/s": throughput
+    warmup: bool = True  # one untimed run per variant first (off for runs of many seconds)
 
 
 def fast_available(cfg: Config) -> tuple[bool, str]:
@@ -695,7 +696,9 @@ def _w4(cfg: Config) -> Workload:
         Variant("handgrad", lambda: HandgradTrain(hg, b, "adamw", W4_LR, "loop", s)),
     ]
     title = f"epoch cnn (5 conv+BN+ReLU) CE AdamW, batch {W4_BATCH}, {rows:,} rows"
-    return Workload("W4", title, rows, cfg.rounds(3), variants, batch=W4_BATCH)
+    # An epoch of 10,000 rows is ~300 GFLOP (about a minute per side on a busy 2-core
+    # machine): one round, no warm-up run (the guard's step has loaded every kernel).
+    return Workload("W4", title, rows, cfg.rounds(1), variants, batch=W4_BATCH, warmup=cfg.quick)
 
 
 def _w5(cfg: Config, batch: int, full: int, quick: int, fast_ok: bool) -> Workload:
@@ -816,8 +819,9 @@ def gemm_peak(n: int, repeats: int = 5) -> float:
 def time_workload(w: Workload, progress: Callable[[str], None]) -> dict[str, list[float]]:
     jobs = {v.label: v.make() for v in w.variants}
     for label, job in jobs.items():
-        progress(f"{w.key} warm-up: {label}")
-        job.run()
+        if w.warmup:
+            progress(f"{w.key} warm-up: {label}")
+            job.run()
     times: dict[str, list[float]] = {label: [] for label in jobs}
     labels = list(jobs)
     for r in range(w.repeats):
