@@ -50,18 +50,19 @@ def test_statistics_match_a_hand_computed_example() -> None:
     assert lin.mean.item() == pytest.approx(0.0)
     assert lin.std.item() == pytest.approx(math.sqrt(9.5 / 4))
     assert lin.near_zero.item() == 0.0
-    # max |y| = 2 -> R = nice_ceil(4) = 5; negatives present -> [-5, 5] in 10 bins of width 1.
-    assert lin.edges.tolist() == pytest.approx(list(range(-5, 6)))
-    assert lin.hist[0].tolist() == [0, 0, 0, 2, 0, 0, 1, 1, 0, 0]
+    # max |y| = 2 -> R = nice_ceil(8) = 10; negatives present -> [-10, 10] in bins of width 2:
+    # -1.5 twice in [-2, 0), 1 in [0, 2), 2 in [2, 4).
+    assert lin.edges.tolist() == pytest.approx(list(range(-10, 11, 2)))
+    assert lin.hist[0].tolist() == [0, 0, 0, 0, 2, 1, 1, 0, 0, 0]
 
     # ReLU output: [[1, 0], [2, 0]].
     relu = act["layers.1"]
     assert relu.mean.item() == pytest.approx(0.75)
     assert relu.std.item() == pytest.approx(math.sqrt(0.6875))
     assert relu.near_zero.item() == 0.5
-    # Non-negative -> [0, 5] in bins of 0.5: two zeros, 1 in [1, 1.5), 2 in [2, 2.5).
-    assert relu.edges[0].item() == 0.0 and relu.edges[-1].item() == 5.0
-    assert relu.hist[0].tolist() == [2, 0, 1, 0, 1, 0, 0, 0, 0, 0]
+    # Non-negative -> [0, 10] in bins of 1: two zeros in [0, 1), 1 in [1, 2), 2 in [2, 3).
+    assert relu.edges[0].item() == 0.0 and relu.edges[-1].item() == 10.0
+    assert relu.hist[0].tolist() == [2, 1, 1, 0, 0, 0, 0, 0, 0, 0]
 
     # Gradient at the ReLU output is G itself.
     g_relu = grad["layers.1"]

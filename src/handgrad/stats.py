@@ -15,7 +15,7 @@ own ``bwd``, no autograd involved):
 
   Activations are binned linearly. The range is chosen per layer from the first recorded batch:
   ``[0, R]`` when that batch had no negative value (a ReLU's output), else ``[-R, R]``, with
-  ``R`` twice the largest ``|y|`` seen, rounded up to 1, 2, 2.5 or 5 times a power of ten, so
+  ``R`` four times the largest ``|y|`` seen, rounded up to 1, 2, 2.5 or 5 times a power of ten, so
   that later growth stays visible. Gradients span many orders of magnitude and their sign
   tells little, so they are binned by ``log10 |dL/dy|`` over a range chosen the same way:
   from 4 decades below the first batch's 1st percentile of the non-zero magnitudes up to 2
@@ -114,9 +114,10 @@ def nice_ceil(v: float) -> float:
 
 def activation_edges(x: Tensor, bins: int = BINS) -> Tensor:
     """Bin edges for a layer's activations, from its first recorded output ``x`` (see the
-    module docstring): ``[0, R]`` or ``[-R, R]``, ``R = nice_ceil(2 max |x|)``."""
+    module docstring): ``[0, R]`` or ``[-R, R]``, ``R = nice_ceil(4 max |x|)``: activations
+    usually grow while a network trains, and this margin keeps them inside the range."""
     x = x.detach().float()
-    r = nice_ceil(2.0 * float(x.abs().max())) if x.numel() else 1.0
+    r = nice_ceil(4.0 * float(x.abs().max())) if x.numel() else 1.0
     lo = 0.0 if x.numel() == 0 or float(x.min()) >= 0 else -r
     return torch.linspace(lo, r, bins + 1, dtype=torch.float64)
 
