@@ -455,3 +455,51 @@ def dead_units(
         for n, m in targets
         if n in active
     ]
+
+
+def predict_logits(model: Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+    """``model``'s outputs for every row of ``x``, in eval mode (restored after), batch by
+    batch: (N, C)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outs = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        return torch.cat(outs)  # (N, C)
+    finally:
+        model.train(was_training)
+
+
+def stats_summary(
+    activations: dict[str, LayerStats] | None = None,
+    gradients: dict[str, LayerStats] | None = None,
+    dead: list[DeadUnits] | None = None,
+) -> dict[str, Any]:
+    """A JSON-able digest: each layer's statistics at its last recorded batch, and dead units
+    (what ``stats.json`` holds for :mod:`handgrad.report`)."""
+    activations, gradients = activations or {}, gradients or {}
+    layers = []
+    for name in dict.fromkeys([*activations, *gradients]):
+        row: dict[str, Any] = {"name": name}
+        for prefix, table in (("act", activations), ("grad", gradients)):
+            if name in table:
+                s = table[name]
+                row["label"] = s.label
+                row[f"{prefix}_mean"] = float(s.mean[-1])
+                row[f"{prefix}_std"] = float(s.std[-1])
+                row[f"{prefix}_near_zero"] = float(s.near_zero[-1])
+                row[f"{prefix}_step"] = int(s.steps[-1])
+        layers.append(row)
+    out: dict[str, Any] = {"layers": layers}
+    if dead is not None:
+        out["dead_units"] = [
+            {
+                "name": d.name,
+                "label": d.label,
+                "units": d.units,
+                "dead": d.dead,
+                "fraction": d.fraction,
+            }
+            for d in dead
+        ]
+    return out

@@ -5,6 +5,7 @@ got most confidently wrong. Every function writes one PNG and returns its path.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -12,10 +13,13 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 import torch
 from torch import Tensor
 
-from ..stats import DeadUnits, LayerStats
+from ..module import Module
+from ..report import write_text_atomic
+from ..stats import DeadUnits, LayerStats, dead_units, predict_logits, stats_summary
 from .base import new_figure, save_png
 
 PathLike = str | os.PathLike[str]
@@ -71,6 +75,7 @@ def plot_layer_stats(
     axes[2].set_ylabel("% of elements")
     for ax in axes:
         ax.set_xlabel("training batch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("gradient value" if grad else "activation value")
     axes[1].set_ylabel("gradient value" if grad else "activation value")
@@ -116,9 +121,9 @@ def plot_histograms(
     image = None
     for ax, s in zip(axes.flat, layers, strict=False):
         steps = s.steps.numpy()
-        x0, x1 = float(steps[0]), float(steps[-1])
-        if x1 == x0:  # one record: give the single column a visible width
-            x0, x1 = x0 - 0.5, x0 + 0.5
+        # Each column is centred on its batch: half a recording interval on either side.
+        half = 0.5 * (float(steps[1] - steps[0]) if len(steps) > 1 else 1.0)
+        x0, x1 = float(steps[0]) - half, float(steps[-1]) + half
         counts = np.log1p(s.hist.numpy().T)  # (bins, T)
         image = ax.imshow(
             counts,
@@ -129,6 +134,7 @@ def plot_histograms(
             interpolation="nearest",
         )
         ax.set_title(s.label, fontsize=10, loc="left")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes.flat[len(layers) :]:
         ax.set_visible(False)
     fig.supxlabel("training batch")
@@ -171,6 +177,7 @@ def plot_stats_comparison(
             ax.plot(s.steps.numpy(), 100 * values if quantity == "near_zero" else values, color=c)
         ax.set_title(run)
         ax.set_xlabel("training batch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
     assert first is not None
     if quantity == "std":
@@ -298,3 +305,51 @@ def plot_confident_mistakes(
     )
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def save_stats_plots(
+    out_dir: PathLike,
+    *,
+    activations: Mapping[str, LayerStats] | None = None,
+    gradients: Mapping[str, LayerStats] | None = None,
+    model: Module | None = None,
+    valid: tuple[Tensor, Tensor] | None = None,
+    classes: Sequence[str] | None = None,
+    image_shape: tuple[int, ...] = (1, 28, 28),
+) -> list[Path]:
+    """Write every statistics plot that the given inputs allow into ``out_dir``, and
+    ``stats.json`` (see :func:`handgrad.stats.stats_summary`) beside them:
+
+    ``activation_stats.png``, ``activation_histograms.png`` (from ``activations``),
+    ``gradient_stats.png``, ``gradient_histograms.png`` (from ``gradients``), and, given the
+    trained ``model`` and the validation set ``valid = (x, y)``: ``dead_units.png`` and
+    ``confident_mistakes.png``. Returns the paths written.
+    """
+    out = Path(out_dir)
+    written: list[Path] = []
+    if activations:
+        written.append(plot_layer_stats(activations, out / "activation_stats.png"))
+        written.append(plot_histograms(activations, out / "activation_histograms.png"))
+    if gradients:
+        written.append(plot_layer_stats(gradients, out / "gradient_stats.png"))
+        written.append(plot_histograms(gradients, out / "gradient_histograms.png"))
+    dead = None
+    if model is not None and valid is not None:
+        x, y = valid
+        dead = dead_units(model, x)
+        written.append(plot_dead_units({"trained": dead}, out / "dead_units.png"))
+        logits = predict_logits(model, x)
+        if logits.ndim == 2 and logits.shape[1] > 1:  # a classifier
+            written.append(
+                plot_confident_mistakes(
+                    x,
+                    y,
+                    logits,
+                    out / "confident_mistakes.png",
+                    classes=classes,
+                    image_shape=image_shape,
+                )
+            )
+    summary = stats_summary(dict(activations or {}), dict(gradients or {}), dead)
+    write_text_atomic(out / "stats.json", json.dumps(summary, indent=1))
+    return written
