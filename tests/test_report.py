@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
 from handgrad.losses import MSELoss
 from handgrad.models import build_model
 from handgrad.plots.stats import save_stats_plots
 from handgrad.report import read_run, write_report
 from handgrad.stats import StatsHooks
+
+from conftest import run_cli
 
 STATS_PLOTS = {
     "activation_stats.png",

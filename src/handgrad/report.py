@@ -7,8 +7,8 @@
   per-epoch history;
 - ``metrics.json`` when present (a list of per-epoch rows, or ``{"history": [...]}``), which
   takes precedence for the history;
-- ``stats.json`` (written with the statistics plots, in the folder or ``plots/``): each layer's final activation and
-  gradient statistics and its dead units;
+- ``stats.json`` (written with the statistics plots, in the folder or ``plots/``): each
+  layer's final activation and gradient statistics and its dead units;
 - every ``*.png`` in the folder and in its ``plots/`` sub-folder.
 
 and writes ``report.html`` there (or to ``out``) with every image embedded as a base64 data URI,
