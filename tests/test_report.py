@@ -55,16 +55,21 @@ def run_dir(tmp_path_factory) -> Path:
         classes=["zero", "one", "two"],
     )
     assert {p.name for p in written} == STATS_PLOTS
+    # As the training helper writes them: the sidecar holds the recorder's history, and
+    # metrics.json the final metrics, best epoch and config.
+    config = {"model": "mlp", "epochs": 2, "lr": 0.01, "bs": 64, "opt": "adam"}
     sidecar = {
         "format": "handgrad-checkpoint/1",
-        "config": {"model": "mlp", "epochs": 2, "lr": 0.01, "batch_size": 64, "opt": "adam"},
-        "data": {"name": "mnist-sample", "train": 4000},
+        "config": config,
+        "data": {"name": "mnist-sample", "classes": ["zero", "one", "two"]},
         "step": 126,
-        "callbacks": {"recorder": {"history": HISTORY[:1]}},
+        "callbacks": {"recorder": {"history": HISTORY}},
         "versions": {"handgrad": "0.1.0", "torch": torch.__version__},
     }
     (root / "last.json").write_text(json.dumps(sidecar))
-    (root / "metrics.json").write_text(json.dumps({"history": HISTORY}))
+    final = {k: v for k, v in HISTORY[-1].items() if k != "lr"}
+    metrics = {**final, "train_seconds": 12.5, "best": {"epoch": 2, "valid_accuracy": 0.9375}}
+    (root / "metrics.json").write_text(json.dumps(metrics | {"config": config}))
     return root
 
 
@@ -85,9 +90,9 @@ def test_report_embeds_every_plot_the_config_and_the_metrics(run_dir) -> None:
         assert base64.b64decode(data) == (run_dir / "plots" / f"{stem}.png").read_bytes()
     # Self-contained: nothing is loaded from anywhere else.
     assert not re.search(r'(src|href)="(?!data:)', page)
-    # Metrics from metrics.json (which wins over the sidecar's shorter history) and config.
+    # Every epoch's metrics, the summary and the config.
     assert "0.9375" in page and "0.8125" in page and "best valid_accuracy" in page
-    for text in ("config.batch_size", "config.opt", "adam", "mnist-sample", "126"):
+    for text in ("config.bs", "config.opt", "adam", "mnist-sample", "126", "12.5", "best epoch"):
         assert text in page
     assert "layers.1 (ReLU)" in page  # the per-layer statistics table
 
@@ -100,15 +105,11 @@ def test_report_cli(run_dir, tmp_path) -> None:
     assert "<title>a &lt;b&gt; run</title>" in out.read_text()
 
 
-def test_report_falls_back_to_the_sidecar_history(tmp_path) -> None:
-    (tmp_path / "best.json").write_text(
-        json.dumps(
-            {"format": "handgrad-checkpoint/1", "callbacks": {"recorder": {"history": HISTORY}}}
-        )
-    )
+def test_report_reads_a_history_list_in_metrics_json(tmp_path) -> None:
+    (tmp_path / "metrics.json").write_text(json.dumps(HISTORY))
     info = read_run(tmp_path)
-    assert info.history == HISTORY and info.plots == []
-    assert "0.9375" in write_report(tmp_path).read_text()
+    assert info.history == HISTORY and info.plots == [] and info.sidecar == {}
+    assert "0.8125" in write_report(tmp_path).read_text()
 
 
 def test_report_errors_are_one_line_and_leave_nothing(tmp_path) -> None:

@@ -5,8 +5,9 @@
 - the checkpoint sidecars (``last.json``, ``best.json``: any ``*.json`` whose ``format`` is a
   handgrad checkpoint), for the configuration, model, data, versions and the recorder's
   per-epoch history;
-- ``metrics.json`` when present (a list of per-epoch rows, or ``{"history": [...]}``), which
-  takes precedence for the history;
+- ``metrics.json`` when present: the run's final metrics, best epoch, config, data, model and
+  versions (a dict; its ``history`` list, when it has one, takes precedence over the
+  sidecar's; a bare list is read as the history);
 - ``stats.json`` (written with the statistics plots, in the folder or ``plots/``): each
   layer's final activation and gradient statistics and its dead units;
 - every ``*.png`` in the folder and in its ``plots/`` sub-folder.
@@ -65,6 +66,7 @@ class RunInfo:
     sidecar: dict[str, Any] = field(default_factory=dict)
     sidecar_path: Path | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
 
@@ -95,14 +97,20 @@ def _find_sidecar(run_dir: Path) -> tuple[Path | None, dict[str, Any]]:
     return None, {}
 
 
-def _history_from(data: Any, path: Path) -> list[dict[str, Any]]:
-    rows = data.get("history") if isinstance(data, dict) else data
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+def _read_metrics(data: Any, path: Path) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """``(metrics, history or None)`` from the contents of ``metrics.json``."""
+    metrics, rows = ({}, data) if isinstance(data, list) else (data, None)
+    if isinstance(data, dict):
+        rows = data.get("history")
+    if not isinstance(metrics, dict) or (
+        rows is not None
+        and (not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows))
+    ):
         raise HandgradError(
-            f"{path}: expected a list of per-epoch rows (or {{'history': [...]}}); "
+            f"{path}: expected the run's metrics (a JSON object) or per-epoch rows (a list); "
             "re-run training to write it again"
         )
-    return rows
+    return {k: v for k, v in metrics.items() if k != "history"}, rows
 
 
 def _plot_key(path: Path) -> tuple[int, str]:
@@ -124,7 +132,9 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
         info.history = [r for r in recorder["history"] if isinstance(r, dict)]
     metrics_path = root / "metrics.json"
     if metrics_path.is_file():
-        info.history = _history_from(_load_json(metrics_path), metrics_path)
+        info.metrics, rows = _read_metrics(_load_json(metrics_path), metrics_path)
+        if rows is not None:
+            info.history = rows
     for stats_path in (root / "stats.json", root / "plots" / "stats.json"):
         if stats_path.is_file():
             stats = _load_json(stats_path)
@@ -132,7 +142,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
             break
     pngs = {p.resolve(): p for p in [*root.glob("*.png"), *(root / "plots").glob("*.png")]}
     info.plots = sorted(pngs.values(), key=_plot_key)
-    if not (info.plots or info.history or info.sidecar):
+    if not (info.plots or info.history or info.sidecar or info.metrics):
         raise HandgradError(
             f"{root}: no checkpoint, metrics.json or plots found; train into it first "
             f"('handgrad train --out {root} --plots {root / 'plots'}')"
@@ -227,8 +237,17 @@ def _summary_cards(info: RunInfo) -> str:
         secs = [r["seconds"] for r in info.history if isinstance(r.get("seconds"), int | float)]
         if secs:
             cards.append(("training time (s)", float(sum(secs))))
-    elif isinstance(info.sidecar.get("metrics"), Mapping):
-        cards += list(info.sidecar["metrics"].items())
+    else:
+        final = info.metrics or info.sidecar.get("metrics") or {}
+        cards += [(k, v) for k, v in final.items() if isinstance(v, int | float)]
+    best = info.metrics.get("best")
+    if isinstance(best, Mapping) and best.get("epoch") is not None:
+        cards.append(("best epoch", best["epoch"]))
+    if isinstance(info.metrics.get("train_seconds"), int | float):
+        cards = [c for c in cards if c[0] != "training time (s)"]
+        cards.append(("training time (s)", info.metrics["train_seconds"]))
+    if info.metrics.get("stopped_early"):
+        cards.append(("stopped early", info.metrics["stopped_early"]))
     if "step" in info.sidecar:
         cards.append(("optimizer steps", info.sidecar["step"]))
     return (
@@ -309,8 +328,11 @@ def render_report(info: RunInfo, *, title: str | None = None) -> str:
         _summary_cards(info),
     ]
     config_rows: list[tuple[str, Any]] = []
-    for section in ("config", "model", "data", "optimizer", "versions"):
-        value = side.get(section)
+    for section in ("config", "model", "loss", "data", "optimizer", "versions"):
+        value = side.get(section, info.metrics.get(section))
+        if isinstance(value, str | int | float):
+            config_rows.append((section, value))
+            continue
         if isinstance(value, Mapping):
             if section == "optimizer":
                 value = {"class": value.get("class"), **dict(value.get("meta") or {})}

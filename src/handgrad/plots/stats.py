@@ -314,6 +314,7 @@ def save_stats_plots(
     gradients: Mapping[str, LayerStats] | None = None,
     model: Module | None = None,
     valid: tuple[Tensor, Tensor] | None = None,
+    images: Tensor | None = None,
     classes: Sequence[str] | None = None,
     image_shape: tuple[int, ...] = (1, 28, 28),
 ) -> list[Path]:
@@ -322,8 +323,9 @@ def save_stats_plots(
 
     ``activation_stats.png``, ``activation_histograms.png`` (from ``activations``),
     ``gradient_stats.png``, ``gradient_histograms.png`` (from ``gradients``), and, given the
-    trained ``model`` and the validation set ``valid = (x, y)``: ``dead_units.png`` and
-    ``confident_mistakes.png``. Returns the paths written.
+    trained ``model`` and the validation set ``valid = (x, y)`` as the model takes it:
+    ``dead_units.png`` and, for a classifier, ``confident_mistakes.png`` (showing ``images``,
+    the same rows before any normalisation, when given, else ``x``). Returns the paths written.
     """
     out = Path(out_dir)
     written: list[Path] = []
@@ -342,7 +344,7 @@ def save_stats_plots(
         if logits.ndim == 2 and logits.shape[1] > 1:  # a classifier
             written.append(
                 plot_confident_mistakes(
-                    x,
+                    x if images is None else images,
                     y,
                     logits,
                     out / "confident_mistakes.png",
