@@ -332,6 +332,7 @@ class _StatsCallback:  # TODO(merge): subclass handgrad.learner.Callback
     """Registers :class:`StatsHooks` on ``learn.model`` for the fit, removes them after."""
 
     order = 0
+    name: str | None = None
     _activations = False
     _gradients = False
 

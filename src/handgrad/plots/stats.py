@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import EngFormatter, MaxNLocator
 from torch import Tensor
 
 from ..module import Module
@@ -135,6 +135,8 @@ def plot_histograms(
         )
         ax.set_title(s.label, fontsize=10, loc="left")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if not grad:  # 20k, 1M: no offset label ("1e6") to collide with the title
+            ax.yaxis.set_major_formatter(EngFormatter(sep=""))
     for ax in axes.flat[len(layers) :]:
         ax.set_visible(False)
     fig.supxlabel("training batch")
