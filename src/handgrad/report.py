@@ -8,9 +8,10 @@
 - ``metrics.json`` when present: the run's final metrics, best epoch, config, data, model and
   versions (a dict; its ``history`` list, when it has one, takes precedence over the
   sidecar's; a bare list is read as the history);
-- ``stats.json`` (written with the statistics plots, in the folder or ``plots/``): each
+- ``stats.json`` (written with the statistics plots, in any of the plot folders below): each
   layer's final activation and gradient statistics and its dead units;
-- every ``*.png`` in the folder and in its ``plots/`` sub-folder.
+- every ``*.png`` in the folder, in its ``plots/`` sub-folder and in the folder that
+  ``metrics.json`` names as ``plots`` (one image per file name, the plots folder's first).
 
 and writes ``report.html`` there (or to ``out``) with every image embedded as a base64 data URI,
 so the page can be mailed or archived alone. Nothing is fetched from the network; all text
@@ -135,12 +136,15 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
         info.metrics, rows = _read_metrics(_load_json(metrics_path), metrics_path)
         if rows is not None:
             info.history = rows
-    for stats_path in (root / "stats.json", root / "plots" / "stats.json"):
+    folders = [root, root / "plots"]
+    if isinstance(info.metrics.get("plots"), str):  # where 'handgrad train --plots' wrote them
+        folders.append(Path(info.metrics["plots"]))
+    for stats_path in reversed([folder / "stats.json" for folder in folders]):
         if stats_path.is_file():
             stats = _load_json(stats_path)
             info.stats = stats if isinstance(stats, dict) else {}
             break
-    pngs = {p.resolve(): p for p in [*root.glob("*.png"), *(root / "plots").glob("*.png")]}
+    pngs = {p.name: p for folder in folders for p in sorted(folder.glob("*.png"))}  # later wins
     info.plots = sorted(pngs.values(), key=_plot_key)
     if not (info.plots or info.history or info.sidecar or info.metrics):
         raise HandgradError(
@@ -328,14 +332,12 @@ def render_report(info: RunInfo, *, title: str | None = None) -> str:
         _summary_cards(info),
     ]
     config_rows: list[tuple[str, Any]] = []
-    for section in ("config", "model", "loss", "data", "optimizer", "versions"):
+    # The optimizer's saved state is left out: the config already names it and its settings.
+    for section in ("config", "model", "loss", "data", "versions"):
         value = side.get(section, info.metrics.get(section))
         if isinstance(value, str | int | float):
             config_rows.append((section, value))
-            continue
-        if isinstance(value, Mapping):
-            if section == "optimizer":
-                value = {"class": value.get("class"), **dict(value.get("meta") or {})}
+        elif isinstance(value, Mapping):
             config_rows += _flatten(value, f"{section}.")
     if config_rows:
         parts += ["<h2>Configuration</h2>", _kv_table(config_rows)]
