@@ -1,5 +1,5 @@
 """Sub-commands of the ``handgrad`` CLI, one module each (see :mod:`handgrad.cli`)."""
 
-from . import check, demo, report
+from . import check, data, demo, report
 
-COMMANDS = [check, demo, report]
+COMMANDS = [check, demo, data, report]
