@@ -196,3 +196,18 @@ def test_bad_arguments_are_errors(gen) -> None:
         StatsHooks(model, every=0)
     with pytest.raises(ValueError, match="every"):
         ActivationStats(every=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_statistics_on_cuda_match_the_cpu() -> None:
+    results = []
+    for device in ("cpu", "cuda"):
+        model = tiny().to(device)
+        with StatsHooks(model, bins=10) as hooks:
+            model(X.to(device))
+            model.backward(G.to(device))
+        results.append((hooks.activations, hooks.gradients))
+    for cpu, cuda in zip(*results, strict=True):
+        for name in cpu:
+            for field in ("mean", "std", "near_zero", "hist"):
+                torch.testing.assert_close(getattr(cuda[name], field), getattr(cpu[name], field))
