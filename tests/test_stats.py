@@ -165,7 +165,10 @@ def test_callbacks_register_for_the_fit_and_remove_after(gen) -> None:
     for cb in (acts, grads):
         cb.before_fit(learn)
     loss_fn = MSELoss()
-    for _ in range(5):
+    for i in range(5):
+        if i in (0, 3):  # epochs of 3 and 2 batches
+            for cb in (acts, grads):
+                cb.before_epoch(SimpleNamespace(model=model, training=True))
         loss_fn(model(torch.randn(4, 6, generator=gen)), torch.zeros(4, 3))
         model.backward(loss_fn.backward()[0])
     for cb in (acts, grads):
@@ -174,6 +177,7 @@ def test_callbacks_register_for_the_fit_and_remove_after(gen) -> None:
     assert list(acts.stats) == ["layers.0", "layers.1", "layers.2"]
     for cb, what in ((acts, "activation"), (grads, "gradient")):
         assert all(s.what == what and s.steps.tolist() == [0, 2, 4] for s in cb.stats.values())
+        assert all(s.epoch_starts == (3,) for s in cb.stats.values())
     assert acts.hooks.gradients == {} and grads.hooks.activations == {}
 
 

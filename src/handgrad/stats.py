@@ -70,6 +70,8 @@ class LayerStats:
         edges: (bins + 1,) the bin edges: values, or ``log10 |v|`` when ``log_scale``.
         log_scale: the histogram bins ``log10 |v|`` (gradients) rather than ``v``.
         threshold: the ``near_zero`` threshold used.
+        epoch_starts: the batch index at which each epoch after the first began (marked by
+            the Learner callbacks; empty without them).
     """
 
     name: str
@@ -83,6 +85,7 @@ class LayerStats:
     edges: Tensor
     log_scale: bool
     threshold: float
+    epoch_starts: tuple[int, ...] = ()
 
     @property
     def label(self) -> str:
@@ -205,6 +208,7 @@ class StatsHooks:
         self.act_zero, self.grad_zero = act_zero, grad_zero
         self.layers = self._resolve(model, modules)
         self.batches = 0  # training batches seen (forwards of the model in training mode)
+        self.epoch_starts: list[int] = []  # filled by mark_epoch()
         self._fwd_on = True  # record the batch whose forward is running now
         self._bwd_on = False  # record the batch whose backward is running now
         self._bwd_step = 0
@@ -271,6 +275,11 @@ class StatsHooks:
         series.rows.append(row)
         series.hists.append(hist)
 
+    def mark_epoch(self) -> None:
+        """Note that a new epoch starts at the next training batch (plots draw a line there)."""
+        if self.batches and (not self.epoch_starts or self.epoch_starts[-1] != self.batches):
+            self.epoch_starts.append(self.batches)
+
     # --------------------------------------------------------------------------- the results
     @property
     def activations(self) -> dict[str, LayerStats]:
@@ -302,6 +311,7 @@ class StatsHooks:
                 edges=s.edges,
                 log_scale=log_scale,
                 threshold=self.grad_zero if log_scale else self.act_zero,
+                epoch_starts=tuple(self.epoch_starts),
             )
         return out
 
@@ -362,6 +372,10 @@ class _StatsCallback:  # TODO(merge): subclass handgrad.learner.Callback
             act_zero=self.act_zero,
             grad_zero=self.grad_zero,
         )
+
+    def before_epoch(self, learn: Any) -> None:
+        if learn.training and self.hooks is not None:
+            self.hooks.mark_epoch()
 
     def after_fit(self, learn: Any) -> None:
         if self.hooks is not None:

@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,6 +27,14 @@ PathLike = str | os.PathLike[str]
 
 #: Inches per subplot row of the histogram grid, and the grid's width.
 HIST_ROW_HEIGHT, HIST_WIDTH = 2.0, 11.0
+
+
+def _mark_epochs(ax: Any, layers: Sequence[LayerStats], color: str = "0.45") -> str:
+    """Dotted vertical lines where epochs start; returns the x-axis label that explains them."""
+    starts = layers[0].epoch_starts
+    for x in starts:
+        ax.axvline(x - 0.5, color=color, ls=":", lw=1.2, zorder=3)
+    return "training batch (dotted: start of an epoch)" if starts else "training batch"
 
 
 def _colors(n: int) -> list[tuple[float, ...]]:
@@ -74,7 +83,7 @@ def plot_layer_stats(
     axes[2].set_ylim(-2, 102)
     axes[2].set_ylabel("% of elements")
     for ax in axes:
-        ax.set_xlabel("training batch")
+        ax.set_xlabel(_mark_epochs(ax, layers))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("gradient value" if grad else "activation value")
@@ -139,7 +148,10 @@ def plot_histograms(
             ax.yaxis.set_major_formatter(EngFormatter(sep=""))
     for ax in axes.flat[len(layers) :]:
         ax.set_visible(False)
-    fig.supxlabel("training batch")
+    xlabel = "training batch"
+    for ax in axes.flat[: len(layers)]:
+        xlabel = _mark_epochs(ax, layers, color="white")
+    fig.supxlabel(xlabel)
     fig.supylabel("log10 |gradient|" if grad else "activation value")
     noun = _noun(layers)
     note = "exact zeros left out, " if grad else ""
@@ -178,7 +190,7 @@ def plot_stats_comparison(
             values = getattr(s, quantity).numpy()
             ax.plot(s.steps.numpy(), 100 * values if quantity == "near_zero" else values, color=c)
         ax.set_title(run)
-        ax.set_xlabel("training batch")
+        ax.set_xlabel(_mark_epochs(ax, layers))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
     assert first is not None
