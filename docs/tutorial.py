@@ -111,7 +111,7 @@ def model(xb, w1, b1, w2, b2):
 # The lesson drew every weight from `torch.randn`: a standard normal, standard deviation 1.
 # Look at what that does. Each hidden value is a sum of 784 products `x_i * w_i`; with
 # independent weights of variance 1, the variance of the sum is the sum of the variances,
-# `sum_i x_i^2`, which is about 100 for an MNIST digit. The hidden values therefore have a
+# `sum_i x_i^2`, which is about 90 for an MNIST digit. The hidden values therefore have a
 # standard deviation around 10, and the output, which adds up 50 of those (again with
 # weights of variance 1), lands in the tens or hundreds. The predictions are nowhere near the
 # digits 0 to 9 and the squared error is in the thousands.
@@ -138,7 +138,7 @@ w2 = w2_randn * math.sqrt(1 / nh)  # Kaiming with gain 1: no ReLU after the outp
 
 loss_randn = mse(model(x_train, w1_randn, b1, w2_randn, b2), y_train_f)
 loss_kaiming = mse(model(x_train, w1, b1, w2, b2), y_train_f)
-hidden_std = relu(lin(x_train, w1_randn, b1)).std()
+hidden_std = lin(x_train, w1_randn, b1).std()  # before the ReLU
 print(f"first MSE with randn weights:  {loss_randn:10.1f} (hidden std {hidden_std:.1f})")
 print(f"first MSE with Kaiming weights: {loss_kaiming:9.1f}")
 # With tiny predictions the MSE is about mean(y^2) = 28.5 for uniform digits 0..9.
@@ -464,8 +464,8 @@ for init in ("randn", "kaiming"):
 # %% [markdown]
 # First, the standard deviation of each layer's output over training, the two runs side by
 # side on the same logarithmic axis. With `randn` every layer multiplies the scale by about
-# `sqrt(fan_in / 2)` (7 for 100 inputs): the last layer starts in the thousands. With Kaiming
-# every layer stays near 1.
+# `sqrt(fan_in / 2)` (7 for 100 inputs): the last layer starts in the tens of thousands. With
+# Kaiming every layer stays near 1.
 
 # %%
 show(
