@@ -88,6 +88,11 @@ def test_summarize_clamps_out_of_range_values_into_the_edge_bins() -> None:
     row, hist = summarize(torch.tensor([-3.0, 0.5, 9.0]), edges, threshold=1.0, log_scale=False)
     assert hist.tolist() == [2, 0, 0, 1]
     assert row[2].item() == pytest.approx(1 / 3)
+    # A diverged training step (NaN, inf) must not break the hook: NaN is not binned.
+    row, hist = summarize(
+        torch.tensor([math.nan, math.inf, 0.0, 1.0]), edges, threshold=1.0, log_scale=True
+    )
+    assert hist.tolist() == [1, 0, 0, 1] and math.isnan(row[0].item())  # log10 1 = 0, inf
 
 
 @pytest.mark.parametrize(
