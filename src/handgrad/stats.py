@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .layers import ReLU
+from .layers import Flatten, ReLU, Reshape
 from .module import HookHandle, Module
 
 BINS = 40
@@ -178,8 +178,13 @@ def summarize(
 
 
 def _leaf_modules(model: Module) -> list[tuple[str, Module]]:
-    """Modules without sub-modules, in model order (the model itself if it has none)."""
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m._children())]
+    """Modules without sub-modules, in model order (the model itself if it has none), except
+    reshapes, whose output holds the same numbers as their input."""
+    leaves = [
+        (n, m)
+        for n, m in model.named_modules()
+        if not list(m._children()) and not isinstance(m, Reshape | Flatten)
+    ]
     return leaves or [("", model)]
 
 
@@ -192,7 +197,7 @@ class StatsHooks:
         activations: record the output of each hooked layer.
         gradients: record the gradient of the loss with respect to that output.
         modules: the layers to hook as ``(name, module)`` pairs or modules (default: every
-            module without sub-modules, in model order).
+            module without sub-modules, in model order, but reshapes).
         bins: histogram bins.
         act_zero, grad_zero: the ``near_zero`` thresholds (absolute; see the module docs).
 

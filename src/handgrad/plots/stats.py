@@ -38,8 +38,12 @@ def _mark_epochs(ax: Any, layers: Sequence[LayerStats], color: str = "0.45") -> 
 
 
 def _colors(n: int) -> list[tuple[float, ...]]:
-    cmap = plt.get_cmap("tab10" if n <= 10 else "viridis")
-    return [cmap(i if n <= 10 else i / max(n - 1, 1)) for i in range(n)]
+    """Distinct colours for up to 20 layers, then a gradient (deeper layers darker)."""
+    if n <= 20:
+        cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+        return [cmap(i) for i in range(n)]
+    cmap = plt.get_cmap("viridis")
+    return [cmap(i / (n - 1)) for i in range(n)]
 
 
 def _check(stats: Mapping[str, LayerStats], what: str) -> list[LayerStats]:
@@ -125,7 +129,9 @@ def plot_histograms(
     """
     layers = _check(stats, "plot_histograms")
     rows, cols = hist_grid_shape(len(layers))
-    fig, axes = new_figure(*hist_figure_size(len(layers)), nrows=rows, ncols=cols, squeeze=False)
+    fig, axes = new_figure(
+        *hist_figure_size(len(layers)), nrows=rows, ncols=cols, squeeze=False, layout="constrained"
+    )
     grad = layers[0].what == "gradient"
     image = None
     for ax, s in zip(axes.flat, layers, strict=False):
@@ -160,8 +166,7 @@ def plot_histograms(
         or f"Histograms of each layer's {noun} over training\n"
         f"(one column per recorded batch; {note}values beyond the range in the edge rows)"
     )
-    fig.tight_layout()
-    if image is not None:
+    if image is not None:  # (the constrained layout leaves room for the two-line title)
         bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02)
         bar.set_label("log(1 + elements in bin)")
     return save_png(fig, path)
@@ -241,7 +246,7 @@ def plot_dead_units(
         top = max((100 * d.fraction for v in groups.values() for d in v), default=0.0)
         ax.set_ylim(0, max(10.0, top * 1.2))
         ax.set_ylabel("% of units never active")
-        ax.set_xlabel("ReLU layer")
+        ax.set_xlabel("ReLU layer (a unit is a feature, or a channel of an image-shaped output)")
         ax.grid(axis="y", alpha=0.3)
         if any(groups):
             ax.legend(frameon=False)
