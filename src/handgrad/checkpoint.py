@@ -136,11 +136,14 @@ def _commit(files: list[tuple[Path, bytes]]) -> None:
         _fsync_dir(files[0][0].parent)
     except BaseException:
         # Put the previous checkpoint back whole; remove any half of a new one.
-        restored = {target for _, target in backups}
+        backed_up = {target for _, target in backups}
         for bak, target in backups:
-            os.replace(bak, target)
+            if target in renamed:
+                os.replace(bak, target)
+            else:  # still the old file (a hard link to it: rename would be a no-op)
+                bak.unlink(missing_ok=True)
         for target in renamed:
-            if target not in restored:
+            if target not in backed_up:
                 target.unlink(missing_ok=True)
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
