@@ -178,8 +178,14 @@ def test_metrics_are_exact_weighted_means() -> None:
     x, y = regression_data(10)
     net, loss = small_net(), MSELoss()
     mae = lambda p, t: (p[:, 0] - t).abs().mean()  # noqa: E731
-    learn = Learner(net, loss, MomentumSGD(net.parameters(), 0.0), SeededLoader(x, y, 4),
-                    SeededLoader(x, y, 4), [Metrics(mae=mae)])  # fmt: skip
+    learn = Learner(
+        net,
+        loss,
+        MomentumSGD(net.parameters(), 0.0),
+        SeededLoader(x, y, 4),
+        SeededLoader(x, y, 4),
+        [Metrics(mae=mae)],
+    )
     learn.fit(1)  # lr 0: the weights never move, so every pass sees the same model
     net.eval()
     with torch.no_grad():
@@ -260,8 +266,14 @@ def test_nonfinite_loss_names_the_first_layer_that_overflowed() -> None:
     net = small_net()
     with torch.no_grad():
         net.layers[0].weight[:, 0] = 3e38  # finite, but x @ w overflows float32 in layer 0
-    learn = Learner(net, MSELoss(), MomentumSGD(net.parameters(), 0.1), SeededLoader(x, y, 8),
-                    None, [NonFiniteGuard()])  # fmt: skip
+    learn = Learner(
+        net,
+        MSELoss(),
+        MomentumSGD(net.parameters(), 0.1),
+        SeededLoader(x, y, 8),
+        None,
+        [NonFiniteGuard()],
+    )
     with pytest.raises(NonFiniteError, match=r"step 1 .*layers\.0 \(Linear"):
         learn.fit(1)
 

@@ -4,6 +4,7 @@ early stopping, checkpoints, a non-finite guard, augmentation and the LR finder.
 Default orders (lower runs first), chosen so that each callback sees what it needs::
 
     -10 LRScheduler   sets opt.lr before the batch
+    -20 ValidLoss     swaps in the validation loss
      -5 Augment       transforms the training batch
      10 Metrics       accumulates loss/metrics, computes them at the end of each pass
      20 Recorder      writes the epoch's history row (reads Metrics)
@@ -37,6 +38,7 @@ from .learner import (
     CancelFitException,
     Learner,
 )
+from .module import Module
 
 MetricFn = Callable[[Tensor, Tensor], Tensor]
 State = tuple[dict[str, Tensor], dict[str, Any]]
@@ -239,7 +241,9 @@ class Progress(Callback):
         width = len(str(learn.n_epochs))
         self.console.print(
             f"epoch {learn.epoch + 1:>{width}}/{learn.n_epochs}  {format_metrics(row)}{tail}",
+            markup=False,
             highlight=False,
+            soft_wrap=True,
         )
 
     def cleanup_fit(self, learn: Learner) -> None:
@@ -265,6 +269,26 @@ class LRScheduler(Callback):
     def before_batch(self, learn: Learner) -> None:
         if learn.training:
             learn.opt.lr = float(self.schedule(learn.step))
+
+
+class ValidLoss(Callback):
+    """Use ``loss_fn`` in the validation pass instead of the training loss: e.g. plain
+    cross-entropy while training with label smoothing, so that ``valid_loss`` stays the number
+    everyone compares (and the one ``handgrad evaluate`` reports)."""
+
+    order = -20
+
+    def __init__(self, loss_fn: Module) -> None:
+        self.loss_fn = loss_fn
+        self._saved: Module | None = None
+
+    def before_epoch(self, learn: Learner) -> None:
+        if not learn.training:
+            self._saved, learn.loss_fn = learn.loss_fn, self.loss_fn.eval()
+
+    def cleanup_epoch(self, learn: Learner) -> None:
+        if self._saved is not None:
+            learn.loss_fn, self._saved = self._saved, None
 
 
 # ---------------------------------------------------------------------------- augmentation

@@ -51,12 +51,28 @@ def linear_reference(m: Linear, x: Tensor) -> Tensor:
 CASES: list[Case] = [
     Case("Linear", lambda g: Linear(7, 5, generator=g), randn(4, 7), linear_reference),
     Case("Linear batch 1", lambda g: Linear(3, 6, generator=g), randn(1, 3), linear_reference),
-    Case("Linear no bias", lambda g: Linear(5, 2, bias=False, generator=g), randn(3, 5),
-         linear_reference),
+    Case(
+        "Linear no bias",
+        lambda g: Linear(5, 2, bias=False, generator=g),
+        randn(3, 5),
+        linear_reference,
+    ),
     Case("ReLU", lambda g: ReLU(), randn(6, 5), lambda m, x: TF.relu(x)),
-    Case("MSELoss (N,1) vs (N,)", lambda g: MSELoss(), regression(8, 1),
-         lambda m, x, y: TF.mse_loss(x[:, 0], y)),
-    Case("MLP 6-5-4-1", lambda g: Sequential(
-        Linear(6, 5, generator=g), ReLU(), Linear(5, 4, generator=g), ReLU(),
-        Linear(4, 1, generator=g)), randn(3, 6)),
-]  # fmt: skip
+    Case(
+        "MSELoss (N,1) vs (N,)",
+        lambda g: MSELoss(),
+        regression(8, 1),
+        lambda m, x, y: TF.mse_loss(x[:, 0], y),
+    ),
+    Case(
+        "MLP 6-5-4-1",
+        lambda g: Sequential(
+            Linear(6, 5, generator=g),
+            ReLU(),
+            Linear(5, 4, generator=g),
+            ReLU(),
+            Linear(4, 1, generator=g),
+        ),
+        randn(3, 6),
+    ),
+]
