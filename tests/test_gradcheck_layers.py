@@ -34,13 +34,10 @@ def mse_ref(m, x, y):
         (lambda: MSELoss(), lambda: (r(9, 1), r(9)), mse_ref),
         (lambda: MSELoss(), lambda: (r(4, 3), r(4, 3)), mse_ref),
         (lambda: Sequential(Linear(5, 3), ReLU(), Linear(3, 2)), lambda: (r(1, 5),), None),
-        (
-            lambda: Model([Linear(4, 3), ReLU(), Linear(3, 1)], MSELoss()),
-            lambda: (r(6, 4), r(6)),
-            None,
-        ),
+        (lambda: Model([Linear(4, 3), ReLU(), Linear(3, 1)], MSELoss()),
+         lambda: (r(6, 4), r(6)), None),
     ],
-)
+)  # fmt: skip
 def test_layer_gradients(make, inputs, ref) -> None:
     torch.manual_seed(0)
     assert_grads(make(), *inputs(), reference=ref)
