@@ -163,11 +163,11 @@ class Recorder(Callback):
 
 
 # ------------------------------------------------------------------------------- progress
-def format_metrics(row: Mapping[str, float]) -> str:
+def format_metrics(row: Mapping[str, float], sep: str = "  ") -> str:
     """``train_loss 0.2412  valid_loss 0.1533  valid_accuracy 0.9560``: losses and metrics at
     4 decimals, in the row's order."""
     skip = {"epoch", "lr", "seconds"}
-    return "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in skip)
+    return sep.join(f"{k} {v:.4f}" for k, v in row.items() if k not in skip)
 
 
 class Progress(Callback):

@@ -398,7 +398,7 @@ def train(
         f"{checkpointer.best_epoch}: {checkpointer.best_path}; plot {out / 'history.png'}; "
         f"metrics {out / 'metrics.json'}",
     )
-    say(console, format_metrics({k: v for k, v in final.items() if k.startswith("valid_")}))
+    say(console, format_metrics({k: v for k, v in final.items() if k.startswith("valid_")}, " "))
     return result
 
 

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     out = (
         Path(args.out)
         if args.out
-        else (trained.ckpt.path.parent / f"confusion-{dataset.name}-{split_name}.png")
+        else (trained.ckpt.path.parent / f"confusion-{_slug(dataset.name)}-{split_name}.png")
     )
     plot_confusion(
         result.confusion,
@@ -88,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     return 0
+
+
+def _slug(name: str) -> str:
+    """A file-name part from a dataset name or path: ``data/tiny.npz`` -> ``tiny``."""
+    return Path(name).name.split(".")[0] or "data"
 
 
 def _table(matrix: Any, classes: list[str]) -> Table:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..callbacks import lr_find
-from ..training import TrainConfig, build_run, say
+from ..training import TrainConfig, build_run, parse_hidden, say
 from ..ui import make_console
 from .train import add_common
 
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         "quiet",
     )
     given = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    if "hidden" in given:
+        given["hidden"] = parse_hidden(given["hidden"])
     config = TrainConfig(**given).resolved()
     config.lr = args.start_lr
     run_ = build_run(config, for_training=False)

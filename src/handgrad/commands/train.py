@@ -45,9 +45,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     """Options shared with ``handgrad lr-find``."""
     p.add_argument("--data", default=None, help="dataset name or path (default: mnist-sample)")
     p.add_argument("--model", default=None, help="model name: lesson, mlp, ... (default: mlp)")
-    p.add_argument(
-        "--hidden", type=parse_hidden, default=None, metavar="W1,W2", help="hidden widths"
-    )
+    p.add_argument("--hidden", default=None, metavar="W1,W2", help="hidden widths, e.g. 256,128")
     p.add_argument("--bs", type=int, default=None, help="batch size")
     p.add_argument("--opt", default=None, help="optimizer: sgd (Nesterov momentum), adam, adamw")
     p.add_argument("--weight-decay", type=float, default=None)
@@ -93,6 +91,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
     given = {f for f in FIELDS if getattr(args, f, None) is not None}
     defaults = TrainConfig()
     values = {f: getattr(args, f) if f in given else getattr(defaults, f) for f in FIELDS}
+    if values["hidden"] is not None:
+        values["hidden"] = parse_hidden(values["hidden"])
     return TrainConfig(**values), given
 
 

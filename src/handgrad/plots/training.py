@@ -98,6 +98,7 @@ def plot_history(
             transform=ax_metric.transAxes,
             color="0.5",
         )
+    ax_metric.margins(y=0.2)
     ax_metric.set_ylabel("validation metric")
     ax_metric.grid(alpha=0.3)
 
