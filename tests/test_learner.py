@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import re
+
 import pytest
 import torch
+from rich.console import Console
 
 from handgrad import MSELoss
 from handgrad.callbacks import (
@@ -12,6 +16,7 @@ from handgrad.callbacks import (
     Metrics,
     NonFiniteError,
     NonFiniteGuard,
+    Progress,
     Recorder,
     lr_find,
 )
@@ -288,3 +293,24 @@ def test_lr_find_records_rising_lrs_and_restores_the_model() -> None:
     after = learn.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert learn.recorder in learn.callbacks
+
+
+def test_progress_prints_one_plain_line_per_epoch_when_not_a_terminal() -> None:
+    buf = io.StringIO()
+    learn = make_learner([Metrics(), Recorder(), Progress(Console(file=buf, width=100))])
+    learn.fit(2)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(
+        r"epoch 1/2  train_loss \d+\.\d{4}  valid_loss \d+\.\d{4}  lr \S+  \S+s", lines[0]
+    )
+
+
+def test_progress_draws_a_live_bar_on_a_terminal_unless_quiet() -> None:
+    for quiet in (False, True):
+        buf = io.StringIO()
+        console = Console(file=buf, width=100, force_terminal=True)
+        make_learner([Metrics(), Recorder(), Progress(console, quiet=quiet)]).fit(1)
+        text = buf.getvalue()
+        assert ("epoch 1/1 train" in text) is not quiet  # the bar's description
+        assert "epoch 1/1  train_loss" in text

@@ -157,8 +157,20 @@ def test_digit_images_are_centred_like_mnist() -> None:
 
 def test_lr_find_writes_a_plot(tiny: Path, tmp_path: Path) -> None:
     png = tmp_path / "lr.png"
-    r = run_cli("lr-find", "--data", str(tiny), "--hidden", "16", "--bs", "32", "--steps", "30",
-                "--out", str(png), "--quiet")  # fmt: skip
+    r = run_cli(
+        "lr-find",
+        "--data",
+        str(tiny),
+        "--hidden",
+        "16",
+        "--bs",
+        "32",
+        "--steps",
+        "30",
+        "--out",
+        str(png),
+        "--quiet",
+    )
     assert r.status == 0, r.err
     assert png.is_file() and re.search(r"suggested lr \d\.\d\de-\d\d", r.out)
 
@@ -215,3 +227,27 @@ def test_unreadable_image(trained, tmp_path: Path) -> None:
 def test_bad_options(tiny: Path, tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     r = run_cli("train", "--data", str(tiny), "--out", str(tmp_path / "x"), "--quiet", *args)
     assert r.status == 2 and message in r.err
+
+
+def test_lesson_model_regresses_the_class_index(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lesson"
+    r = run_cli(
+        "train",
+        "--data",
+        str(tiny),
+        "--model",
+        "lesson",
+        "--epochs",
+        "2",
+        "--bs",
+        "32",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    assert r.status == 0, r.err
+    assert "loss mse" in r.out and re.search(r"valid_accuracy \d\.\d{4}$", r.out.strip())
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((8, 8), 30, np.uint8)).save(img)
+    p = run_cli("predict", str(out / "best.safetensors"), str(img))
+    assert p.status == 0 and "(regression output" in p.out

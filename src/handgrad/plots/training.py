@@ -140,12 +140,16 @@ def plot_lr_find(
         )
     ax.set_xscale("log")
     if smoothed:
-        lo, start = min(smoothed), smoothed[0]
-        ax.set_ylim(lo - 0.1 * abs(start - lo) - 1e-3, start + 0.6 * abs(start - lo) + 1e-3)
+        # from below the lowest point to a little above the start: the divergence at the end
+        # would otherwise squash the interesting part of the curve
+        lo = min([*smoothed, *(v for _, v in finite)])
+        start = max(smoothed[0], min(smoothed))
+        span = max(start - lo, 1e-3)
+        ax.set_ylim(lo - 0.05 * span, start + 0.4 * span)
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")
     ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3, which="major")
     ax.legend(fontsize=9)
     return save_png(fig, path)
 
