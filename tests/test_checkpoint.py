@@ -19,6 +19,16 @@ from training_helpers import MomentumSGD, SeededLoader, small_net
 INFO = {"model": {"name": "test", "kwargs": {}}, "config": {"seed": 0}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: a second thread costs more in synchronisation than it gains, and on a
+    shared machine a two-thread barrier can stall for milliseconds per operation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tensors(seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {"model.w": torch.randn(3, 4, generator=g), "optim.m": torch.randn(4, generator=g)}

@@ -41,6 +41,16 @@ BATCH_EVENTS = [
 VALID_BATCH = ["before_batch", "after_predict", "after_loss", "after_batch", "cleanup_batch"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: a second thread costs more in synchronisation than it gains, and on a
+    shared machine a two-thread barrier can stall for milliseconds per operation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Log(Callback):
     """Records every event it sees as ``(tag, event, training)``."""
 
@@ -314,3 +324,18 @@ def test_progress_draws_a_live_bar_on_a_terminal_unless_quiet() -> None:
         text = buf.getvalue()
         assert ("epoch 1/1 train" in text) is not quiet  # the bar's description
         assert "epoch 1/1  train_loss" in text
+
+
+def test_the_seed_decides_the_shuffle_and_so_the_result() -> None:
+    def final_loss(seed: int) -> float:
+        x, y = regression_data(32)
+        net = small_net()
+        train = SeededLoader(x, y, 4, shuffle=True, seed=seed)
+        learn = Learner(
+            net, MSELoss(), MomentumSGD(net.parameters(), 0.01), train, None, [Metrics()]
+        )
+        learn.fit(2)
+        return learn.metrics.values["train_loss"]
+
+    assert final_loss(0) == final_loss(0)
+    assert final_loss(0) != final_loss(1)
