@@ -3,10 +3,13 @@
 A recipe names the loss, the optimizer and its settings, the schedule, the batch size, the
 number of epochs and the augmentation. Every field can be overridden on the command line.
 
-The ``mlp`` recipe was found by measuring on ``mnist-sample`` (4,000 training digits): see
-``benchmarks/results-training.md``. What mattered, in order: random shifts of one pixel (the
-network sees each digit in 9 positions instead of one), label smoothing 0.1, and a one-cycle
-schedule with AdamW; widths beyond 256-128 gave nothing measurable.
+The ``mlp`` recipe was found by measuring on ``mnist-sample`` (4,000 training digits, 1,000
+validation digits; several seeds per setting, see ``benchmarks/results-training.md``): random
+shifts of one pixel (each digit is seen in 9 positions instead of one) gave most of the gain
+(96.9% -> 97.7% for the same schedule), then SGD with Nesterov momentum 0.9 at a one-cycle peak
+of 0.1 over AdamW at 3e-3 (97.7% against 97.2% mean over seeds). Label smoothing 0.1 is kept: it
+did not change the accuracy measurably and keeps the probabilities honest. A wider 512-256
+network or 30 epochs gave nothing beyond the seed-to-seed spread.
 """
 
 from __future__ import annotations
@@ -41,13 +44,14 @@ class Recipe:
     hidden: tuple[int, ...] | None = None
 
 
-#: Per-model recipes; a model without one (e.g. ``cnn``) trains with :data:`DEFAULT`.
+#: Per-model recipes; a model without one (e.g. ``cnn``) trains with :data:`DEFAULT` (AdamW,
+#: the forgiving choice for an architecture nobody has tuned).
 RECIPES: dict[str, Recipe] = {
     # The lesson's regression net: MSE on the digit's value (0..9), as taught.
     "lesson": Recipe(
         loss="mse", opt="adam", lr=1e-3, epochs=10, label_smoothing=0.0, shift=0, weight_decay=0.0
     ),
-    "mlp": Recipe(hidden=(256, 128)),
+    "mlp": Recipe(opt="sgd", lr=0.1, hidden=(256, 128)),
 }
 DEFAULT = Recipe()
 
