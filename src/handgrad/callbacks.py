@@ -3,8 +3,8 @@ early stopping, checkpoints, a non-finite guard, augmentation and the LR finder.
 
 Default orders (lower runs first), chosen so that each callback sees what it needs::
 
-    -10 LRScheduler   sets opt.lr before the batch
     -20 ValidLoss     swaps in the validation loss
+    -10 LRScheduler   sets opt.lr before the batch
      -5 Augment       transforms the training batch
      10 Metrics       accumulates loss/metrics, computes them at the end of each pass
      20 Recorder      writes the epoch's history row (reads Metrics)
@@ -76,7 +76,6 @@ class Metrics(Callback):
         self._with_metrics = self.on_train or not learn.training
 
     def after_batch(self, learn: Learner) -> None:
-        assert learn.loss is not None and learn.preds is not None and learn.yb is not None
         n = learn.yb.shape[0]
         self._n += n
         self._add("loss", learn.loss.detach(), n)
@@ -127,7 +126,6 @@ class Recorder(Callback):
 
     def after_batch(self, learn: Learner) -> None:
         if learn.training:
-            assert learn.loss is not None
             self._losses.append(learn.loss.detach())
             self._lrs.append(float(learn.opt.lr))
 
@@ -217,7 +215,6 @@ class Progress(Callback):
         now = time.perf_counter()
         if learn.training and now - self._last >= self.refresh:
             self._last = now
-            assert learn.loss is not None
             self._bar.update(self._task, advance=1, status=f"loss {learn.loss.item():.4f}")
         else:
             self._bar.update(self._task, advance=1)
@@ -316,7 +313,6 @@ class Augment(Callback):
 
     def before_batch(self, learn: Learner) -> None:
         if learn.training:
-            assert learn.xb is not None
             learn.xb = random_shift(
                 learn.xb,
                 self.max_shift,
@@ -483,7 +479,6 @@ class NonFiniteGuard(Callback):
         self._params = list(learn.model.named_parameters())
 
     def after_backward(self, learn: Learner) -> None:
-        assert learn.loss is not None
         grads = [p.g for _, p in self._params if p.g is not None]
         total = learn.loss.detach().sum()
         if grads:
@@ -495,7 +490,6 @@ class NonFiniteGuard(Callback):
             raise NonFiniteError(problem)
 
     def _diagnose(self, learn: Learner) -> str | None:
-        assert learn.loss is not None and learn.xb is not None
         where = f"step {learn.step + 1} (epoch {learn.epoch + 1}, batch {learn.batch_idx + 1})"
         fix = (
             "no parameter was updated with it; lower the learning rate (--lr), or check the "
@@ -523,7 +517,6 @@ class NonFiniteGuard(Callback):
 def _first_non_finite_output(learn: Learner) -> str:
     """Re-run the batch forward (eval mode, nothing saved) and name the first layer whose
     output holds NaN/Inf."""
-    assert learn.xb is not None
     if not bool(torch.isfinite(learn.xb).all()):
         return "the input batch itself holds NaN/Inf"
     params = [n for n, p in learn.model.named_parameters() if not bool(torch.isfinite(p).all())]
@@ -597,7 +590,6 @@ class LRFinder(Callback):
         learn.opt.lr = self.start_lr * (self.end_lr / self.start_lr) ** (i / (self.num_steps - 1))
 
     def after_loss(self, learn: Learner) -> None:
-        assert learn.loss is not None
         loss = learn.loss.item()
         self.lrs.append(float(learn.opt.lr))
         self.losses.append(loss)

@@ -133,10 +133,11 @@ class Learner:
         self.n_epochs = 0
         self.step = 0
         self.batch_idx = 0
-        self.xb: Tensor | None = None
-        self.yb: Tensor | None = None
-        self.preds: Tensor | None = None
-        self.loss: Tensor | None = None
+        # The current batch and its results (empty until the first batch runs).
+        self.xb: Tensor = torch.empty(0)
+        self.yb: Tensor = torch.empty(0)
+        self.preds: Tensor = torch.empty(0)
+        self.loss: Tensor = torch.empty(0)
         self.training = False
         self.dl: Iterable[tuple[Tensor, Tensor]] | None = None
         self.add_callbacks(*callbacks)

@@ -288,8 +288,7 @@ def default_out(model: str) -> Path:
 
 def config_for_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, Any]:
     """The saved run's config, with the options in ``given`` that may change applied."""
-    assert config.resume is not None
-    ckpt = load_checkpoint(config.resume)
+    ckpt = load_checkpoint(str(config.resume))
     saved = ckpt.info.get("config")
     if not isinstance(saved, dict):
         raise HandgradError(f"{ckpt.path}: no training config in the sidecar; cannot resume")
