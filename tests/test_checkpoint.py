@@ -14,6 +14,8 @@ from handgrad import HandgradError, MSELoss
 from handgrad import checkpoint as ck
 from handgrad.callbacks import Augment, Checkpointer, EarlyStopping, LRScheduler, Metrics, Recorder
 from handgrad.learner import Callback, CancelFitException, Learner
+from handgrad.models import build_model
+from handgrad.module import Module
 from training_helpers import MomentumSGD, SeededLoader, small_net
 
 INFO = {"model": {"name": "test", "kwargs": {}}, "config": {"seed": 0}}
@@ -175,12 +177,35 @@ class StopAfter(Callback):
             raise CancelFitException()
 
 
-def run(folder: Path, epochs: int, *, stop_after: int | None = None, resume: bool = False):
+def make_net(kind: str) -> Module:
+    if kind == "mlp":
+        return small_net(features=16)
+    # batch-norm buffers and dropout (torch's global RNG) are state too
+    g = torch.Generator().manual_seed(0)
+    return build_model(
+        "cnn",
+        in_features=16,
+        n_classes=1,
+        channels=(4, 8),
+        strides=(1, 2),
+        dropout=0.5,
+        generator=g,
+    )
+
+
+def run(
+    folder: Path,
+    epochs: int,
+    *,
+    stop_after: int | None = None,
+    resume: bool = False,
+    kind: str = "mlp",
+):
     """A run with every stateful piece: shuffling, augmentation, momentum, a schedule, the
     global RNG (consumed by a callback each batch) and the stateful callbacks."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(40, 16, generator=g), torch.randn(40, generator=g)
-    net = small_net(features=16)
+    net = make_net(kind)
     opt = MomentumSGD(net.parameters(), 0.05)
 
     class Noise(Callback):  # consumes torch's global RNG, as dropout would
@@ -211,15 +236,16 @@ def run(folder: Path, epochs: int, *, stop_after: int | None = None, resume: boo
     return learn
 
 
-def test_resume_equals_straight_run_bitwise(tmp_path: Path) -> None:
-    straight = run(tmp_path / "a", 5)
-    run(tmp_path / "b", 5, stop_after=2)
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_resume_equals_straight_run_bitwise(tmp_path: Path, kind: str) -> None:
+    straight = run(tmp_path / "a", 5, kind=kind)
+    run(tmp_path / "b", 5, stop_after=2, kind=kind)
     torch.manual_seed(999)  # whatever happened to the RNG in between is undone by the resume
-    resumed = run(tmp_path / "b", 5, resume=True)
-    for (name, p), q in zip(
-        straight.model.named_parameters(), resumed.model.parameters(), strict=True
-    ):
-        assert torch.equal(p, q), f"{name} differs after resume"
+    resumed = run(tmp_path / "b", 5, resume=True, kind=kind)
+    final_a, final_b = straight.model.state_dict(), resumed.model.state_dict()
+    assert final_a.keys() == final_b.keys()
+    for name in final_a:  # parameters and buffers (batch-norm running statistics)
+        assert torch.equal(final_a[name], final_b[name]), f"{name} differs after resume"
     assert all(torch.equal(a, b) for a, b in zip(straight.opt.bufs, resumed.opt.bufs, strict=True))
     assert straight.recorder.history == [
         r | {"seconds": s["seconds"]}
