@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from .layers import Flatten, ReLU, Reshape
+from .learner import Callback, Learner
 from .module import HookHandle, Module
 
 BINS = 40
@@ -355,11 +356,10 @@ def _is_float_tensor(x: Any) -> bool:
 
 
 # ------------------------------------------------------------------------- Learner callbacks
-class _StatsCallback:  # TODO(merge): subclass handgrad.learner.Callback
+class _StatsCallback(Callback):
     """Registers :class:`StatsHooks` on ``learn.model`` for the fit, removes them after."""
 
     order = 0
-    name: str | None = None
     _activations = False
     _gradients = False
 
@@ -378,7 +378,7 @@ class _StatsCallback:  # TODO(merge): subclass handgrad.learner.Callback
         self.act_zero, self.grad_zero = act_zero, grad_zero
         self.hooks: StatsHooks | None = None
 
-    def before_fit(self, learn: Any) -> None:
+    def before_fit(self, learn: Learner) -> None:
         self.hooks = StatsHooks(
             learn.model,
             every=self.every,
@@ -390,11 +390,11 @@ class _StatsCallback:  # TODO(merge): subclass handgrad.learner.Callback
             grad_zero=self.grad_zero,
         )
 
-    def before_epoch(self, learn: Any) -> None:
+    def before_epoch(self, learn: Learner) -> None:
         if learn.training and self.hooks is not None:
             self.hooks.mark_epoch()
 
-    def after_fit(self, learn: Any) -> None:
+    def after_fit(self, learn: Learner) -> None:
         if self.hooks is not None:
             self.hooks.remove()
 
