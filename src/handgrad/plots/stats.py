@@ -358,7 +358,14 @@ def save_stats_plots(
     if model is not None and valid is not None:
         x, y = valid
         dead = dead_units(model, x)
-        written.append(plot_dead_units({"trained": dead}, out / "dead_units.png"))
+        written.append(
+            plot_dead_units(
+                {"after training": dead},
+                out / "dead_units.png",
+                title=f"Dead ReLU units: never positive on any of the {len(x):,} validation "
+                "images (bars: dead/total)",
+            )
+        )
         logits = predict_logits(model, x)
         if logits.ndim == 2 and logits.shape[1] > 1:  # a classifier
             written.append(
