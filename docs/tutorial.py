@@ -65,7 +65,7 @@ def show(path: Path) -> None:
 # so nothing is downloaded. handgrad splits it into 4,000 training and 1,000 validation
 # images, each flattened to a row of 784 pixel values between 0 and 1. (The lesson used the
 # full 50,000 + 10,000 digits of `mnist.pkl.gz`; `load_dataset("mnist")` gives you those, and
-# every cell below runs unchanged on them, only slower.)
+# the cells below work on them too, only slower, once the size check just below is changed.)
 
 # %%
 ds = load_dataset("mnist-sample", progress=False)
@@ -389,6 +389,19 @@ from handgrad.losses import CrossEntropyLoss
 from handgrad.models import build_model
 from handgrad.optim import Adam
 from handgrad.stats import ActivationStats, GradientStats
+
+# The cross-entropy's gradient, from handgrad's hand-written backward, is (softmax - onehot)/N
+# and agrees with autograd's:
+logits = torch.randn(8, 10, dtype=torch.float64, generator=g)
+labels = torch.randint(0, 10, (8,), generator=g)
+ce = CrossEntropyLoss()
+ce(logits, labels)
+dlogits, _ = ce.backward()  # (gradient of the logits, none for the labels)
+onehot = torch.nn.functional.one_hot(labels, 10)
+torch.testing.assert_close(dlogits, (logits.softmax(1) - onehot) / 8)
+ref = logits.clone().requires_grad_()
+torch.nn.functional.cross_entropy(ref, labels).backward()
+torch.testing.assert_close(dlogits, ref.grad)
 
 mean, std = float(x_train.mean()), float(x_train.std())  # inputs are normalised with these
 

@@ -64,6 +64,7 @@ def test_tutorial_runs_top_to_bottom(tmp_path) -> None:
     env = dict(os.environ)
     env.update(
         MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",  # small matrices: one thread is as fast, and never oversubscribed
         TUTORIAL_OUT=str(tmp_path / "plots"),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")])),
     )
