@@ -339,7 +339,7 @@ class HandgradTrain:
         into memory), metrics (accuracy) and the recorder."""
         from .callbacks import Metrics, Progress, Recorder
         from .learner import Learner
-        from .metrics import accuracy
+        from .recipes import metric_for
 
         cls = Learner
         if self.path == "fast learner":
@@ -347,7 +347,7 @@ class HandgradTrain:
 
             cls = FastLearner
         quiet = make_quiet_console()
-        cbs = [Progress(quiet), Metrics(accuracy=accuracy), Recorder(), *callbacks]
+        cbs = [Progress(quiet), Metrics(accuracy=metric_for("ce")), Recorder(), *callbacks]
         return cls(self.model, self.loss_fn, self.opt, batches, None, callbacks=cbs)
 
     def probe(self) -> dict[str, Tensor]:
@@ -643,7 +643,7 @@ def _train(
             )
         )
     if key == "W2":
-        missing = _have("learner", "callbacks", "metrics")
+        missing = _have("learner", "callbacks", "recipes")
         if missing:
             skipped.append(f"W2 Learner: {missing}")
         else:
