@@ -16,8 +16,10 @@ TINY = ("--rows", "256", "--repeats", "1", "--no-memory", "--no-fast")
 
 
 def test_quick_bench_prints_table_and_json(tmp_path) -> None:
-    out = tmp_path / "bench.json"
-    res = run_cli("bench", "--quick", *TINY, "--only", "W1,W2,W5", "--json", str(out))
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    res = run_cli(
+        "bench", "--quick", *TINY, "--only", "W1,W2,W5", "--json", str(out), "--markdown", str(md)
+    )
     assert res.status == 0, res.err + res.out
     for col in ("workload", "variant", "median", "vs torch", "GFLOP/s", "of peak", "peak mem"):
         assert col in res.out
@@ -38,6 +40,9 @@ def test_quick_bench_prints_table_and_json(tmp_path) -> None:
     w1 = report["workloads"][0]
     assert [r["label"] for r in w1["results"]][-1] == "GEMMs alone"
     assert any("W2" in t["target"] and "2.5x" in t["target"] for t in report["targets"])
+    table = md.read_text().splitlines()
+    assert table[2].startswith("| workload | variant | median | vs torch |")
+    assert sum(line.startswith("| W") for line in table) == len(report["workloads"])
 
 
 def test_guard_refuses_a_wrong_gradient(monkeypatch) -> None:

@@ -1088,6 +1088,37 @@ def render(report: dict[str, Any]) -> Any:
     return t
 
 
+def to_markdown(report: dict[str, Any]) -> str:
+    """The table of a :func:`run_bench` report as GitHub markdown, with the targets below."""
+    m = report["machine"]
+    load = ", ".join(f"{v:.2f}" for v in m["load_average"])
+    lines = [
+        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
+        f"GEMM peak {m['gemm_peak_gflops']:.0f} GFLOP/s; {m['date']}; load average at the "
+        f"end {load}; {report['seconds']:.0f} s in all.",
+        "",
+        "| workload | variant | median | vs torch | GFLOP/s | of peak | peak mem | check |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for w in report["workloads"]:
+        for i, r in enumerate(w["results"]):
+            cells = [
+                f"{w['key']} {w['title']}" if i == 0 else "",
+                r["label"],
+                _fmt_time(r["median"], w),
+                _fmt_speed(r).replace("[red]", "").replace("[/red]", ""),
+                "-" if r["gflops"] is None else f"{r['gflops']:.1f}",
+                "-" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.0f}%",
+                "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f} MiB",
+                _fmt_guard(r).replace("[red]", "").replace("[/red]", ""),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for t in report["targets"]:
+        lines.append(f"- {'met' if t['met'] else '**missed**'}: {t['target']}: {t['value']}")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt_time(median: float, w: dict[str, Any]) -> str:
     if w["unit"] == "rows/s":
         return f"{w['rows'] / median:,.0f} rows/s"

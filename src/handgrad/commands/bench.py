@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..bench import Config, render, run_bench
+from ..bench import Config, render, run_bench, to_markdown
 from ..errors import HandgradError
 from ..ui import make_console
 
@@ -46,6 +46,7 @@ def add(sub: Any) -> None:
     p.add_argument("--no-fast", action="store_true", help="skip the compiled fast path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
     p.set_defaults(run=run)
 
 
@@ -93,13 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if to_stdout:
         print(text)
     elif args.json:
-        path = Path(args.json)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            tmp.write_text(text + "\n")
-            tmp.replace(path)
-        except OSError as exc:
-            raise HandgradError(f"{path}: cannot write the JSON results ({exc.strerror})") from exc
+        _write(Path(args.json), text + "\n", "JSON results")
+    if args.markdown:
+        _write(Path(args.markdown), to_markdown(report), "markdown table")
     wrong = [
         f"{w['key']} {r['label']}"
         for w in report["workloads"]
@@ -110,3 +107,14 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]refused[/red]: results differ from PyTorch for {', '.join(wrong)}")
         return 1
     return 0
+
+
+def _write(path: Path, text: str, what: str) -> None:
+    """Write ``text`` atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HandgradError(f"{path}: cannot write the {what} ({exc.strerror})") from exc
