@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "seed",
         "device",
         "quiet",
+        "threads",
     )
     given = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     if "hidden" in given:

@@ -38,6 +38,7 @@ FIELDS = (
     "quiet",
     "stop_after",
     "resume",
+    "threads",
 )
 
 
@@ -56,6 +57,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of everything random (default 0)")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, auto")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
+    p.add_argument(
+        "--threads",
+        default=None,
+        metavar="N|auto",
+        help="CPU threads (default auto: all cores, fewer when the machine is busy)",
+    )
 
 
 def add(sub: Any) -> None:
