@@ -440,7 +440,13 @@ def _resumed_rows(history: list[dict[str, float]], start_epoch: int) -> int:
 
 def _title(run: Run) -> str:
     c = run.config
-    return f"{c.model} on {run.dataset.name}: {c.opt} lr {c.lr:g} {c.schedule}, bs {c.bs}"
+    title = f"{c.model} on {run.dataset.name}: {c.opt} lr {c.lr:g} {c.schedule}, bs {c.bs}"
+    if c.label_smoothing:
+        title += (
+            f"\n(training loss with label smoothing {c.label_smoothing:g}; validation loss "
+            "without it)"
+        )
+    return title
 
 
 def describe_model(model: Module, n_features: int) -> str:
