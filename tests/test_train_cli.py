@@ -235,6 +235,9 @@ def test_unreadable_image(trained, tmp_path: Path) -> None:
         (("--epochs", "0"), "--epochs 0"),
         (("--opt", "rmsprop"), "--opt 'rmsprop'"),
         (("--model", "lesson", "--hidden", "8"), "no hidden widths"),
+        (("--model", "lesson", "--dropout", "0.1"), "no dropout to set"),
+        (("--dropout", "1.5"), "--dropout 1.5"),
+        (("--threads", "0"), "--threads '0'"),
     ],
 )
 def test_bad_options(tiny: Path, tmp_path: Path, args: tuple[str, ...], message: str) -> None:

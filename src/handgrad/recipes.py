@@ -44,6 +44,7 @@ class Recipe:
     label_smoothing: float = 0.1
     shift: int = 1
     hidden: tuple[int, ...] | None = None
+    dropout: float | None = None  # None: the model's own default
 
 
 #: Per-model recipes; a model without one trains with :data:`DEFAULT` (AdamW, the forgiving

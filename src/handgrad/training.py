@@ -59,6 +59,7 @@ class TrainConfig:
     data: str = "mnist-sample"
     model: str = "mlp"
     hidden: tuple[int, ...] | None = None
+    dropout: float | None = None
     epochs: int | None = None
     bs: int | None = None
     lr: float | None = None
@@ -161,10 +162,15 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
     if config.model not in MODELS:
         raise HandgradError(f"--model {config.model!r}: unknown; choose one of {', '.join(MODELS)}")
     kwargs: dict[str, Any] = {}
+    accepted = inspect.signature(MODELS[config.model]).parameters
     if config.hidden is not None:
-        if "hidden" not in inspect.signature(MODELS[config.model]).parameters:
+        if "hidden" not in accepted:
             raise HandgradError(f"--hidden: model {config.model!r} has no hidden widths to set")
         kwargs["hidden"] = list(config.hidden)
+    if config.dropout is not None:
+        if "dropout" not in accepted:
+            raise HandgradError(f"--dropout: model {config.model!r} has no dropout to set")
+        kwargs["dropout"] = config.dropout
     return kwargs
 
 
@@ -193,6 +199,7 @@ def _check_config(c: TrainConfig) -> None:
             "--label-smoothing must be in [0, 1)",
         ),
         (c.patience is None or c.patience >= 1, f"--patience {c.patience}: must be >= 1"),
+        (c.dropout is None or 0 <= c.dropout < 1, f"--dropout {c.dropout}: must be in [0, 1)"),
         (c.stop_after is None or c.stop_after >= 1, "--stop-after must be >= 1"),
     ]
     for ok, message in checks:
@@ -225,13 +232,16 @@ def build_run(
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     kwargs = model_kwargs(config)
-    model = build_model(
-        config.model,
-        in_features=n_features,
-        n_classes=len(dataset.classes),
-        generator=gen,
-        **kwargs,
-    )
+    try:
+        model = build_model(
+            config.model,
+            in_features=n_features,
+            n_classes=len(dataset.classes),
+            generator=gen,
+            **kwargs,
+        )
+    except (ValueError, TypeError) as exc:
+        raise HandgradError(f"--model {config.model}: {exc}") from exc
     model.to(device)
     recipe_loss = recipe_for(config.model).loss
     loss_fn = make_loss(recipe_loss, label_smoothing=config.label_smoothing or 0.0)

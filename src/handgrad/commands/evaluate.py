@@ -99,7 +99,7 @@ def _table(matrix: Any, classes: list[str]) -> Table:
     t = Table(title="confusion matrix (rows: true class, columns: predicted)")
     t.add_column("true \\ pred", justify="right")
     for c in classes:
-        t.add_column(c[:10], justify="right")
+        t.add_column(c[:12], justify="right")
     t.add_column("recall", justify="right")
     for i, c in enumerate(classes):
         row = matrix[i]

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         "data",
         "model",
         "hidden",
+        "dropout",
         "bs",
         "opt",
         "weight_decay",

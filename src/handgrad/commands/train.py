@@ -23,6 +23,7 @@ FIELDS = (
     "data",
     "model",
     "hidden",
+    "dropout",
     "epochs",
     "bs",
     "lr",
@@ -47,6 +48,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset name or path (default: mnist-sample)")
     p.add_argument("--model", default=None, help="model name: lesson, mlp, ... (default: mlp)")
     p.add_argument("--hidden", default=None, metavar="W1,W2", help="hidden widths, e.g. 256,128")
+    p.add_argument("--dropout", type=float, default=None, help="dropout after each hidden layer")
     p.add_argument("--bs", type=int, default=None, help="batch size")
     p.add_argument("--opt", default=None, help="optimizer: sgd (Nesterov momentum), adam, adamw")
     p.add_argument("--weight-decay", type=float, default=None)
