@@ -48,7 +48,17 @@ from .recipes import make_loss, metric_for, recipe_for
 from .schedules import make_schedule
 
 #: Options that may change when a run is resumed; every other one comes from the checkpoint.
-RESUMABLE = ("epochs", "out", "quiet", "device", "stop_after", "data", "patience", "threads")
+RESUMABLE = (
+    "epochs",
+    "out",
+    "quiet",
+    "device",
+    "stop_after",
+    "data",
+    "patience",
+    "plots",
+    "threads",
+)
 VALID_BATCH = 1024  # validation has no backward pass: large batches, fewer Python steps
 
 
@@ -75,6 +85,7 @@ class TrainConfig:
     quiet: bool = False
     stop_after: int | None = None
     resume: str | None = None
+    plots: str | None = None  # folder for every plot (handgrad.plots.run)
     threads: str = "auto"
 
     def resolved(self) -> TrainConfig:
@@ -89,7 +100,7 @@ class TrainConfig:
 
     def recipe_dict(self) -> dict[str, Any]:
         """The fields that define the computation (saved in checkpoints and metrics.json)."""
-        skip = {"out", "quiet", "stop_after", "resume", "threads"}
+        skip = {"out", "quiet", "stop_after", "resume", "plots", "threads"}
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         if d["hidden"] is not None:
             d["hidden"] = list(d["hidden"])
@@ -378,6 +389,12 @@ def train(
         config, dataset=dataset, console=console, out=out, callbacks=[stop] if stop else []
     )
     learn = run.learn
+    stats = None
+    if config.plots:  # per-layer statistics for the plots (they only read, never change)
+        from .plots.run import stats_callbacks
+
+        stats = stats_callbacks(config.epochs * len(learn.train_dl))  # type: ignore[arg-type]
+        learn.add_callbacks(*stats)
     start_epoch, start_step = 0, 0
     if ckpt is not None:
         if ckpt.info.get("data", {}).get("n_features") != run.info["data"]["n_features"]:
@@ -419,6 +436,12 @@ def train(
         "threads": torch.get_num_threads(),
         "versions": {"handgrad": __version__, "torch": torch.__version__},
     }
+    if config.plots:
+        from .plots.run import write_run_plots
+
+        written = write_run_plots(run, config.plots, stats)
+        result["plots"] = str(Path(config.plots).resolve())
+        say(console, f"{len(written)} plots in {config.plots}; one page: handgrad report {out}")
     write_json_atomic(out / "metrics.json", result)
     if getattr(learn, "stop_reason", None):
         say(console, learn.stop_reason)
