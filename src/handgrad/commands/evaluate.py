@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         result.confusion,
         classes,
         out,
-        title=f"{trained.ckpt.path.name} on {dataset.name} {split_name}",
+        title=f"{trained.ckpt.path.parent.name}/{trained.ckpt.path.name} on {dataset.name} "
+        f"{split_name}",
     )
     console.print(_table(result.confusion, classes))
     console.print(
