@@ -3,20 +3,36 @@
 from .errors import HandgradError
 from .gradcheck import CheckReport, gradcheck
 from .layers import Linear, ReLU
-from .losses import MSELoss
+from .losses import CrossEntropyLoss, LossInputError, MSELoss
+from .metrics import accuracy, confusion_matrix
 from .module import Module, Parameter, Sequential
+from .optim import SGD, Adam, AdamW, Optimizer
+from .schedules import Constant, CosineWarmup, OneCycle, StepDecay, make_schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
     "CheckReport",
+    "Constant",
+    "CosineWarmup",
+    "CrossEntropyLoss",
     "HandgradError",
     "Linear",
+    "LossInputError",
     "MSELoss",
     "Module",
+    "OneCycle",
+    "Optimizer",
     "Parameter",
     "ReLU",
     "Sequential",
+    "StepDecay",
     "__version__",
+    "accuracy",
+    "confusion_matrix",
     "gradcheck",
+    "make_schedule",
 ]

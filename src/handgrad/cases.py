@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .gradcheck import Reference
 from .layers import Linear, ReLU
-from .losses import MSELoss
+from .losses import CrossEntropyLoss, MSELoss
 from .module import Module, Sequential
 
 Maker = Callable[[torch.Generator], Module]
@@ -43,6 +43,18 @@ def regression(*shape: int) -> Inputs:
     )
 
 
+def classification(n: int, c: int, scale: float = 1.0) -> Inputs:
+    """Inputs: (n, c) float64 logits times ``scale`` and int64 labels in [0, c)."""
+    return lambda g: (
+        torch.randn(n, c, generator=g, dtype=torch.float64) * scale,
+        torch.randint(0, c, (n,), generator=g),
+    )
+
+
+def cross_entropy_reference(m: CrossEntropyLoss, x: Tensor, y: Tensor) -> Tensor:
+    return TF.cross_entropy(x, y, label_smoothing=m.label_smoothing)
+
+
 def linear_reference(m: Linear, x: Tensor) -> Tensor:
     bias = m.bias.as_subclass(Tensor) if m.bias is not None else None
     return TF.linear(x, m.weight.as_subclass(Tensor).t(), bias)
@@ -56,6 +68,14 @@ CASES: list[Case] = [
     Case("ReLU", lambda g: ReLU(), randn(6, 5), lambda m, x: TF.relu(x)),
     Case("MSELoss (N,1) vs (N,)", lambda g: MSELoss(), regression(8, 1),
          lambda m, x, y: TF.mse_loss(x[:, 0], y)),
+    Case("CrossEntropyLoss", lambda g: CrossEntropyLoss(), classification(8, 5),
+         cross_entropy_reference),
+    Case("CrossEntropyLoss batch 1", lambda g: CrossEntropyLoss(), classification(1, 10),
+         cross_entropy_reference),
+    Case("CrossEntropyLoss logits 1e4", lambda g: CrossEntropyLoss(),
+         classification(6, 4, scale=1e4), cross_entropy_reference),
+    Case("CrossEntropyLoss smoothing 0.1", lambda g: CrossEntropyLoss(label_smoothing=0.1),
+         classification(7, 3), cross_entropy_reference),
     Case("MLP 6-5-4-1", lambda g: Sequential(
         Linear(6, 5, generator=g), ReLU(), Linear(5, 4, generator=g), ReLU(),
         Linear(4, 1, generator=g)), randn(3, 6)),

@@ -12,9 +12,11 @@ modifies ``dout`` in place (the caller may still hold it).
 
 from .activations import relu_backward, relu_forward
 from .linear import linear_backward, linear_forward
-from .losses import mse_backward, mse_forward
+from .losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
 
 __all__ = [
+    "cross_entropy_backward",
+    "cross_entropy_forward",
     "linear_backward",
     "linear_forward",
     "mse_backward",
