@@ -9,8 +9,9 @@ from handgrad.cases import CASES
 from handgrad.devices import available_devices, resolve_device
 from handgrad.errors import HandgradError
 from handgrad.layers import Linear, ReLU
-from handgrad.losses import MSELoss
+from handgrad.losses import CrossEntropyLoss, MSELoss
 from handgrad.module import Module, Sequential
+from handgrad.optim import SGD, Adam, AdamW
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -93,6 +94,29 @@ def test_training_step_has_no_host_sync() -> None:
             p.data.sub_(0.1 * p.g)
         model.zero_grad()
     assert loss.device.type == "meta"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: SGD(ps, 0.1),
+        lambda ps: SGD(ps, 0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
+        lambda ps: Adam(ps, 1e-3, weight_decay=1e-4),
+        lambda ps: AdamW(ps, 1e-3),
+    ],
+    ids=["SGD", "SGD nesterov", "Adam", "AdamW"],
+)
+def test_optimizer_step_has_no_host_sync(make) -> None:
+    model = Sequential(Linear(8, 4), ReLU(), Linear(4, 3)).to("meta")
+    loss_fn = CrossEntropyLoss(label_smoothing=0.1)
+    opt = make(model.parameters())
+    x, y = torch.randn(16, 8, device="meta"), torch.zeros(16, dtype=torch.int64, device="meta")
+    for _ in range(3):
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward()[0], need_input_grad=False)
+        opt.step()
+        opt.zero_grad()
+    assert all(p.device.type == "meta" for p in model.parameters())
 
 
 def test_module_to_keeps_parameter_objects() -> None:
