@@ -21,6 +21,7 @@ from handgrad.distributed import (
 from handgrad.layers import Linear, ReLU
 from handgrad.losses import MSELoss
 from handgrad.module import Module, Sequential
+from handgrad.optim import SGD
 
 N_SAMPLES, N_FEATURES = 64, 10
 
@@ -82,7 +83,7 @@ def train(
     lr: float,
     bucket_mb: float,
 ) -> None:
-    """SGD (``p -= lr * p.g``) on MSE for ``steps`` steps of ``global_batch`` samples; rank 0
+    """SGD with momentum on MSE for ``steps`` steps of ``global_batch`` samples; rank 0
     saves the weights. The replicas start from *different* seeds on purpose: the broadcast in
     DataParallel must make them equal."""
     with ctx.main_first("download"):
@@ -90,6 +91,7 @@ def train(
     model = make_model(seed=100 + ctx.rank)
     loss_fn = MSELoss()
     dp = DataParallel(model, ctx, bucket_mb=bucket_mb)
+    opt = SGD(model.parameters(), lr, momentum=0.9)
     x, y = make_data()
     loader = ShardedLoader(
         x, y, global_batch // ctx.world_size, rank=ctx.rank, world_size=ctx.world_size, seed=3
@@ -101,9 +103,8 @@ def train(
             loss = loss_fn(model(xb), yb)
             model.backward(loss_fn.backward()[0], need_input_grad=False)
             dp.reduce_gradients()
-            for p in model.parameters():
-                p.data.sub_(lr * p.g)
-            model.zero_grad()
+            opt.step()
+            opt.zero_grad()
             step += 1
             ctx.log(f"step {step} loss {loss.item():.5f}")  # .item(): a logging callback's sync
             if step == steps:

@@ -94,15 +94,22 @@ from .errors import HandgradError
 from .module import Module, Parameter
 
 __all__ = [
+    "EXIT_ERROR",
+    "EXIT_PEER_LOST",
     "DataParallel",
     "DistContext",
     "DistributedError",
+    "RankOutcome",
     "ShardedLoader",
     "epoch_permutation",
+    "exit_with_error",
+    "free_port",
     "init_from_env",
     "launched_by_torchrun",
     "run",
     "shard_indices",
+    "shutdown",
+    "spawn",
 ]
 
 DEFAULT_TIMEOUT_S = 300.0
