@@ -88,14 +88,15 @@ def train(
     DataParallel must make them equal."""
     with ctx.main_first("download"):
         prepare_data(ctx, Path(data_dir))
-    model = make_model(seed=100 + ctx.rank)
+    model = make_model(seed=100 + ctx.rank).to(ctx.device)
     loss_fn = MSELoss()
     dp = DataParallel(model, ctx, bucket_mb=bucket_mb)
     opt = SGD(model.parameters(), lr, momentum=0.9)
     x, y = make_data()
     loader = ShardedLoader(
-        x, y, global_batch // ctx.world_size, rank=ctx.rank, world_size=ctx.world_size, seed=3
-    )
+        x, y, global_batch // ctx.world_size, rank=ctx.rank, world_size=ctx.world_size, seed=3,
+        device=ctx.device,
+    )  # fmt: skip
     step, epoch = 0, 0
     while step < steps:
         loader.set_epoch(epoch)

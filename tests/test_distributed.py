@@ -165,6 +165,28 @@ def test_two_processes_match_one_process_and_only_rank0_writes(tmp_path, capfd) 
 
 
 @pytest.mark.parametrize(
+    ("backend", "gpus"),
+    [
+        pytest.param("nccl", 2, marks=pytest.mark.skipif(
+            torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")),
+        pytest.param("gloo", 1, marks=pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+    ],
+)  # fmt: skip
+def test_cuda_ranks_match_one_gpu(tmp_path, backend: str, gpus: int) -> None:
+    """NCCL with one GPU per rank; gloo with CUDA tensors lets 2 ranks share one GPU."""
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    run(dist_workers.train, 1, *train_args(tmp_path, "one"), device="cuda")
+    run(dist_workers.train, 2, *train_args(tmp_path, "two"), device="cuda", backend=backend,
+        timeout_s=120)  # fmt: skip
+    one = load_file(str(tmp_path / "one" / "weights.safetensors"))
+    two = load_file(str(tmp_path / "two" / "weights.safetensors"))
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize(
     ("how", "timeout", "cause"),
     [
         ("raise", 20, "rank 1: ValueError: boom at step 5"),
