@@ -148,10 +148,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
     header = (
         "| global batch | configuration | step (ms) | compute (ms) | all-reduce incl. wait "
-        "(ms) | pure all-reduce (ms) | samples/s | speed-up vs 1 proc x 2 threads |"
+        "(ms) | pure all-reduce (ms) | samples/s | vs 1 proc x 1 thread | vs 1 proc x 2 threads |"
     )
     print(header)
-    print("|" + "---|" * 8)
+    print("|" + "---|" * 9)
     for batch in args.batch:
         results: dict[str, list[list[list[float]]]] = {name: [] for name, *_ in CONFIGS}
         for _ in range(args.rounds):
@@ -167,14 +167,14 @@ def main() -> None:
             comm = statistics.median(statistics.mean(r[1] for r in rnd) for rnd in rounds)
             pure = statistics.median(statistics.mean(r[4] for r in rnd) for rnd in rounds)
             rows[name] = (step, compute, comm, pure)
-        base = rows["1 proc x 2 threads"][0]
+        one, two = rows["1 proc x 1 thread"][0], rows["1 proc x 2 threads"][0]
         for name, (step, compute, comm, pure) in rows.items():
             ddp = name.startswith("torch")
             print(
                 f"| {batch} | {name} | {step:.2f} | {'-' if ddp else f'{compute:.2f}'} | "
                 f"{'-' if ddp or not comm else f'{comm:.2f}'} | "
                 f"{f'{pure:.2f}' if pure else '-'} | {batch / step * 1e3:,.0f} | "
-                f"{base / step:.2f}x |"
+                f"{one / step:.2f}x | {two / step:.2f}x |"
             )
 
 
