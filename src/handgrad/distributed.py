@@ -97,6 +97,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_PEER_LOST",
     "DataParallel",
+    "DataParallelCallback",
     "DistContext",
     "DistributedError",
     "RankOutcome",
@@ -832,6 +833,48 @@ class DataParallel:
                 self.ctx.all_reduce_(b, "averaging buffers").div_(self.ctx.world_size)
             else:
                 self.ctx.broadcast_(b, 0, "copying rank 0's buffers")
+
+
+class DataParallelCallback:
+    """:class:`handgrad.learner.Learner` callback that makes ``learn.fit`` data-parallel.
+
+    - ``before_fit``: wraps ``learn.model`` in :class:`DataParallel` (rank 0's weights to all);
+    - ``after_backward``: averages the gradients (it runs first among callbacks, ``order``
+      -100, so gradient clipping or logging sees the averaged gradient);
+    - ``after_epoch`` of the training pass: :meth:`DataParallel.sync_buffers`, so validation
+      and checkpoints see the same BatchNorm statistics on every rank.
+
+    Give every rank the *whole* validation set (unsharded): all ranks then compute identical
+    metrics from identical weights, so decisions taken from metrics (early stopping, best
+    checkpoint) are the same everywhere; a decision taken on one rank only would leave the
+    others waiting in an all-reduce until the timeout. Attach progress bars and file-writing
+    callbacks on rank 0 only (``ctx.is_main``).
+    """
+
+    order = -100
+    name = "data_parallel"
+
+    def __init__(self, ctx: DistContext, *, bucket_mb: float = 25.0) -> None:
+        self.ctx, self.bucket_mb = ctx, bucket_mb
+        self.dp: DataParallel | None = None
+
+    def before_fit(self, learn: Any) -> None:
+        shards = getattr(learn.train_dl, "world_size", None)
+        if shards is not None and shards != self.ctx.world_size:
+            raise HandgradError(
+                f"rank {self.ctx.rank}: the training loader is split into {shards} shard(s) for "
+                f"{self.ctx.world_size} ranks; create it with rank=ctx.rank, "
+                "world_size=ctx.world_size"
+            )
+        self.dp = DataParallel(learn.model, self.ctx, bucket_mb=self.bucket_mb)
+
+    def after_backward(self, learn: Any) -> None:
+        if self.dp is not None:
+            self.dp.reduce_gradients()
+
+    def after_epoch(self, learn: Any) -> None:
+        if self.dp is not None and learn.training:
+            self.dp.sync_buffers()
 
 
 def free_port() -> int:
