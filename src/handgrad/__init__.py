@@ -1,5 +1,6 @@
 """handgrad: neural networks from foundations, every backward pass written by hand."""
 
+from .data import DataLoader, Dataset, Split, load_dataset
 from .errors import HandgradError
 from .gradcheck import CheckReport, gradcheck
 from .layers import Linear, ReLU
@@ -19,6 +20,8 @@ __all__ = [
     "Constant",
     "CosineWarmup",
     "CrossEntropyLoss",
+    "DataLoader",
+    "Dataset",
     "HandgradError",
     "Linear",
     "LossInputError",
@@ -29,10 +32,12 @@ __all__ = [
     "Parameter",
     "ReLU",
     "Sequential",
+    "Split",
     "StepDecay",
     "__version__",
     "accuracy",
     "confusion_matrix",
     "gradcheck",
+    "load_dataset",
     "make_schedule",
 ]

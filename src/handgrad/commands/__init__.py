@@ -1,5 +1,5 @@
 """Sub-commands of the ``handgrad`` CLI, one module each (see :mod:`handgrad.cli`)."""
 
-from . import check, demo
+from . import check, data, demo
 
-COMMANDS = [check, demo]
+COMMANDS = [check, demo, data]

@@ -1,0 +1,180 @@
+"""``DataLoader``: whole-batch slices of in-memory tensors, never a Python loop over items.
+
+A batch is one slice (``x[i:j]``, a view) when the order is sequential, or one
+``index_select`` of the batch's indices when it is shuffled. PyTorch's ``DataLoader`` over a
+``TensorDataset`` instead indexes every item and stacks them again (64 ``__getitem__`` calls and
+a ``torch.stack`` per batch), which on MNIST costs more than the lesson's MLP training step.
+See ``benchmarks/bench_dataloader.py`` for the measured cost per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+#: A split is moved to an accelerator whole when it takes less than this part of the free memory.
+RESIDENT_FRACTION = 0.5
+
+
+class DataLoader:
+    """Iterate over ``(xb, yb)`` batches of the rows of ``x`` and ``y``.
+
+    The order of an epoch is a function of ``(seed, epoch)`` only: iterating uses the current
+    epoch and then advances it by one, and ``set_epoch(e)`` selects epoch ``e`` for the next
+    iteration (resuming a run, or keeping distributed ranks in step). With ``world_size > 1``,
+    each ``rank`` gets a disjoint, equal-size contiguous shard of the epoch's order (the last
+    ``len(x) % world_size`` rows of that order are left out of the epoch).
+
+    Args:
+        x: inputs (N, ...), e.g. float32 (N, 784) pixels.
+        y: targets (N,), e.g. int64 labels.
+        batch_size: rows per batch.
+        shuffle: a new random order each epoch (``torch.randperm`` with a seeded generator).
+        seed: the shuffling seed.
+        drop_last: skip the last batch when it is smaller than ``batch_size``.
+        device: where batches are delivered. The whole split is moved there once when it takes
+            less than half of the device's free memory; otherwise it stays in host memory and
+            each batch is copied over as it is delivered.
+        mean, std: normalize ``x`` to ``(x - mean) / std`` (scalars or tensors broadcasting
+            against one row). Applied once to the whole split when the loader is built, so no
+            batch pays for it; this keeps a normalized copy of ``x``.
+        rank, world_size: this process's shard for data-parallel training.
+
+    Batches are views of (or gathered from) the loader's tensors: do not modify them in place.
+
+    Example:
+        >>> dl = DataLoader(ds.train.x, ds.train.y, 64, shuffle=True, seed=1)
+        >>> for xb, yb in dl:   # xb (64, 784) float32, yb (64,) int64
+        ...     ...
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+        mean: float | Tensor | None = None,
+        std: float | Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise TypeError(f"DataLoader needs tensors, got {type(x).__name__}, {type(y).__name__}")
+        if x.ndim == 0 or len(x) != len(y):
+            raise ValueError(
+                f"DataLoader needs x and y with the same number of rows, got {tuple(x.shape)} "
+                f"and {tuple(y.shape)}"
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
+            )
+        if len(x) < world_size:
+            raise ValueError(f"{len(x)} rows cannot be shared among {world_size} ranks")
+        self.batch_size, self.shuffle, self.seed, self.drop_last = (
+            batch_size,
+            shuffle,
+            seed,
+            drop_last,
+        )
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device) if device is not None else x.device
+        self.resident = _fits(self.device, x, y)
+        # Move first, normalize on the target device (faster there, and no second host copy).
+        data_device = self.device if self.resident else x.device
+        self.x, self.y = x.to(data_device), y.to(data_device)
+        if mean is not None or std is not None:
+            self.x = _normalize(self.x, mean, std)
+        self.shard_size = len(x) // world_size if world_size > 1 else len(x)
+        self._epoch = 0
+        self._gather_per_epoch = False
+
+    # ------------------------------------------------------------------------------ order
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will deliver."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration deliver epoch ``epoch``'s order (a function of seed, epoch)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = epoch
+
+    def order(self, epoch: int) -> Tensor | None:
+        """This rank's row indices for ``epoch`` (int64 on the data's device), or ``None`` when
+        they are a contiguous range (sequential order), which is sliced without any gather."""
+        if not self.shuffle:
+            return None
+        g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        perm = torch.randperm(len(self.x), generator=g)  # (N,) the same on every rank
+        lo = self.rank * self.shard_size
+        return perm[lo : lo + self.shard_size].to(self.x.device)  # (shard,)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.shard_size // self.batch_size
+        return math.ceil(self.shard_size / self.batch_size)
+
+    # -------------------------------------------------------------------------- iteration
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch = self._epoch
+        self._epoch += 1
+        x, y, idx = self.x, self.y, self.order(epoch)
+        offset = self.rank * self.shard_size  # where this rank's rows start (sequential order)
+        if idx is not None:
+            # Labels are small (8 bytes a row): one gather per epoch, then views per batch.
+            y, offset = y.index_select(0, idx), 0
+            if self._gather_per_epoch:  # the alternative for x, kept for the benchmark
+                x, idx = x.index_select(0, idx), None
+        bs, n = self.batch_size, len(self) * self.batch_size
+        for start in range(0, min(n, self.shard_size), bs):
+            lo, hi = offset + start, offset + min(start + bs, self.shard_size)
+            yb = y[lo:hi]  # (B,) a view
+            # A view of x in sequential order, else one gather for the whole batch.
+            xb = x[lo:hi] if idx is None else x.index_select(0, idx[lo:hi])  # (B, D)
+            if not self.resident:
+                xb, yb = xb.to(self.device), yb.to(self.device)
+            yield xb, yb
+
+    def __repr__(self) -> str:
+        where = f"{self.device}" + ("" if self.resident else " (batches copied from host)")
+        return (
+            f"DataLoader({self.shard_size} rows, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last}, "
+            f"rank={self.rank}/{self.world_size}, device={where}, batches={len(self)})"
+        )
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for (seed, epoch): hashed, so that nearby pairs give unrelated orders and
+    no two pairs share one (as ``seed + epoch`` would)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _normalize(x: Tensor, mean: float | Tensor | None, std: float | Tensor | None) -> Tensor:
+    mean_t = torch.as_tensor(0.0 if mean is None else mean, dtype=x.dtype, device=x.device)
+    std_t = torch.as_tensor(1.0 if std is None else std, dtype=x.dtype, device=x.device)
+    if bool((std_t <= 0).any()):
+        raise ValueError("std must be positive (a constant pixel has std 0: add a small epsilon)")
+    return (x - mean_t) / std_t  # (N, D), a new tensor: the caller's x is left untouched
+
+
+def _fits(device: torch.device, x: Tensor, y: Tensor) -> bool:
+    """Whether the split can live on ``device`` whole (always true for the CPU)."""
+    if device.type != "cuda" or (x.device == device and y.device == device):
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return x.nbytes + y.nbytes < RESIDENT_FRACTION * free

@@ -1,0 +1,168 @@
+"""DataLoader: whole-batch slices, seeded epochs, drop_last, shards, normalization, device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handgrad.data import DataLoader, pixel_stats
+
+N = 103  # not a multiple of the batch size, nor of the world sizes used below
+
+
+def rows(n: int = N) -> tuple[torch.Tensor, torch.Tensor]:
+    """x row i is (3i, 3i+1, 3i+2) and y[i] = i, so every batch says which rows it holds."""
+    return torch.arange(n * 3, dtype=torch.float32).reshape(n, 3), torch.arange(n)
+
+
+def epoch_labels(dl: DataLoader) -> torch.Tensor:
+    batches = list(dl)
+    for xb, yb in batches:
+        assert torch.equal(xb[:, 0], 3 * yb.float())  # x and y stay paired
+    return torch.cat([torch.zeros(0, dtype=torch.int64)] + [yb for _, yb in batches])
+
+
+@pytest.mark.parametrize(("batch_size", "drop_last", "sizes"), [
+    (10, False, [10] * 10 + [3]),
+    (10, True, [10] * 10),
+    (103, False, [103]),
+    (200, False, [103]),
+    (200, True, []),
+])  # fmt: skip
+def test_sequential_batches(batch_size, drop_last, sizes):
+    x, y = rows()
+    dl = DataLoader(x, y, batch_size, drop_last=drop_last)
+    assert [len(yb) for _, yb in dl] == sizes
+    assert len(dl) == len(sizes)
+    assert torch.equal(epoch_labels(dl), y[: sum(sizes)])
+
+
+def test_sequential_batches_are_views_not_copies():
+    x, y = rows()
+    xb, _ = next(iter(DataLoader(x, y, 16)))
+    assert xb.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+
+
+def test_shuffled_epoch_is_a_permutation_and_changes_each_epoch():
+    x, y = rows()
+    dl = DataLoader(x, y, 16, shuffle=True, seed=7)
+    first, second = epoch_labels(dl), epoch_labels(dl)
+    assert torch.equal(first.sort().values, y) and torch.equal(second.sort().values, y)
+    assert not torch.equal(first, y) and not torch.equal(first, second)
+    assert dl.epoch == 2
+
+
+def test_order_is_a_function_of_seed_and_epoch():
+    x, y = rows()
+    runs = DataLoader(x, y, 16, shuffle=True, seed=7)
+    orders = [epoch_labels(runs) for _ in range(3)]
+    resumed = DataLoader(x, y, 16, shuffle=True, seed=7)
+    resumed.set_epoch(2)
+    assert torch.equal(epoch_labels(resumed), orders[2])
+    other_seed = DataLoader(x, y, 16, shuffle=True, seed=8)
+    assert not torch.equal(epoch_labels(other_seed), orders[0])
+    # (seed 7, epoch 1) and (seed 8, epoch 0) must not collide as seed + epoch would.
+    assert not torch.equal(orders[1], epoch_labels(DataLoader(x, y, 16, shuffle=True, seed=8)))
+
+
+def test_shuffled_drop_last_leaves_out_a_different_tail_each_epoch():
+    x, y = rows()
+    dl = DataLoader(x, y, 10, shuffle=True, drop_last=True)
+    a, b = epoch_labels(dl), epoch_labels(dl)
+    assert len(a) == len(b) == 100 and len(dl) == 10
+    assert set(a.tolist()) != set(b.tolist())
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_ranks_get_disjoint_equal_shards_of_one_permutation(shuffle, world_size):
+    x, y = rows()
+    shards = []
+    for rank in range(world_size):
+        dl = DataLoader(x, y, 8, shuffle=shuffle, seed=3, rank=rank, world_size=world_size)
+        dl.set_epoch(5)
+        shards.append(epoch_labels(dl))
+        assert len(dl) == -(-(N // world_size) // 8)
+    assert {len(s) for s in shards} == {N // world_size}
+    together = torch.cat(shards)
+    assert len(set(together.tolist())) == len(together)  # disjoint
+    single = DataLoader(x, y, 8, shuffle=shuffle, seed=3)
+    single.set_epoch(5)
+    assert torch.equal(together, epoch_labels(single)[: len(together)])  # one permutation
+
+
+def test_normalization_is_applied_once_and_leaves_the_input_alone():
+    x, y = rows(20)
+    before = x.clone()
+    mean, std = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 8.0])
+    xb, _ = next(iter(DataLoader(x, y, 20, mean=mean, std=std)))
+    assert torch.allclose(xb, (before - mean) / std)
+    assert torch.equal(x, before)
+    xs, _ = next(iter(DataLoader(x, y, 20, mean=0.5)))
+    assert torch.allclose(xs, before - 0.5)
+    with pytest.raises(ValueError, match="std must be positive"):
+        DataLoader(x, y, 4, std=torch.tensor([1.0, 0.0, 1.0]))
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"y": torch.arange(5)}, "same number of rows"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"rank": 2, "world_size": 2}, "need 0 <= rank < world_size"),
+    ({"world_size": 200}, "cannot be shared among 200 ranks"),
+])  # fmt: skip
+def test_bad_arguments(kwargs, error):
+    x, y = rows()
+    args = {"x": x, "y": y, "batch_size": 8} | kwargs
+    with pytest.raises(ValueError, match=error):
+        DataLoader(args.pop("x"), args.pop("y"), args.pop("batch_size"), **args)
+
+
+def test_set_epoch_refuses_negative():
+    with pytest.raises(ValueError, match="epoch must be >= 0"):
+        DataLoader(*rows(), 4).set_epoch(-1)
+
+
+def test_per_epoch_gather_gives_the_same_batches():
+    """The alternative strategy the benchmark measures yields identical batches."""
+    x, y = rows()
+    a = DataLoader(x, y, 16, shuffle=True, seed=1)
+    b = DataLoader(x, y, 16, shuffle=True, seed=1)
+    b._gather_per_epoch = True
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("resident", [True, False])
+def test_cuda_batches(monkeypatch, resident):
+    from handgrad.data import loader
+
+    if not resident:
+        monkeypatch.setattr(loader, "RESIDENT_FRACTION", 0.0)  # force host memory
+    x, y = rows()
+    dl = DataLoader(x, y, 16, shuffle=True, device="cuda", mean=1.0, std=2.0)
+    assert dl.resident is resident
+    assert dl.x.is_cuda is resident
+    labels = []
+    for xb, yb in dl:
+        assert xb.is_cuda and yb.is_cuda
+        assert torch.allclose(xb[:, 0], (3 * yb.float() - 1.0) / 2.0)
+        labels.append(yb.cpu())
+    assert torch.equal(torch.cat(labels).sort().values, y)
+
+
+def test_cpu_device_keeps_the_split_in_place():
+    x, y = rows()
+    dl = DataLoader(x, y, 8, device="cpu")
+    assert dl.resident and dl.x is x
+    assert "batches=13" in repr(dl)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 20_000])
+def test_pixel_stats_match_float64_torch(rows):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.rand(rows, 7, generator=g) * 0.01 + 0.5  # a large mean, a tiny spread
+    mean, std = pixel_stats(x, chunk_rows=64)
+    ref_std, ref_mean = torch.std_mean(x.double())
+    assert mean == pytest.approx(float(ref_mean), rel=1e-12)
+    assert std == pytest.approx(float(ref_std), rel=1e-6)
