@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from handgrad.data import DataLoader
 from handgrad.distributed import (
     DataParallel,
     DistContext,
@@ -82,6 +83,7 @@ def train(
     global_batch: int,
     lr: float,
     bucket_mb: float,
+    loader: str = "sharded",
 ) -> None:
     """SGD with momentum on MSE for ``steps`` steps of ``global_batch`` samples; rank 0
     saves the weights. The replicas start from *different* seeds on purpose: the broadcast in
@@ -93,14 +95,13 @@ def train(
     dp = DataParallel(model, ctx, bucket_mb=bucket_mb)
     opt = SGD(model.parameters(), lr, momentum=0.9)
     x, y = make_data()
-    loader = ShardedLoader(
-        x, y, global_batch // ctx.world_size, rank=ctx.rank, world_size=ctx.world_size, seed=3,
-        device=ctx.device,
-    )  # fmt: skip
+    Loader = ShardedLoader if loader == "sharded" else DataLoader
+    dl = Loader(x, y, global_batch // ctx.world_size, shuffle=True, seed=3, rank=ctx.rank,
+                world_size=ctx.world_size, device=ctx.device)  # fmt: skip
     step, epoch = 0, 0
     while step < steps:
-        loader.set_epoch(epoch)
-        for xb, yb in loader:
+        dl.set_epoch(epoch)
+        for xb, yb in dl:
             loss = loss_fn(model(xb), yb)
             model.backward(loss_fn.backward()[0], need_input_grad=False)
             dp.reduce_gradients()
@@ -114,7 +115,18 @@ def train(
     dp.sync_buffers()
     meta = {"rank": str(ctx.rank), "world_size": str(ctx.world_size)}
     meta["calls_per_step"] = str(dp.calls_per_step)
+    meta["replicas_differ_by"] = str(replica_difference(ctx, model))
     ctx.on_main(atomic_save, Path(out_dir) / "weights.safetensors", model.state_dict(), meta)
+
+
+def replica_difference(ctx: DistContext, model: Module) -> float:
+    """The largest difference between any rank's parameters and rank 0's (0 when in step)."""
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()  # (P,)
+    if not ctx.distributed:
+        return 0.0
+    everyone = [torch.empty_like(flat) for _ in range(ctx.world_size)]
+    torch.distributed.all_gather(everyone, flat)
+    return max(float((e - everyone[0]).abs().max()) for e in everyone)
 
 
 def fail(ctx: DistContext, how: str) -> None:

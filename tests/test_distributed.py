@@ -149,7 +149,9 @@ def test_two_processes_match_one_process_and_only_rank0_writes(tmp_path, capfd) 
     assert sorted(os.listdir(tmp_path / "two")) == ["weights.safetensors"]  # rank 0's only
     with safe_open(str(tmp_path / "two" / "weights.safetensors"), "pt") as f:
         meta = f.metadata()
-    assert meta == {"rank": "0", "world_size": "2", "calls_per_step": "2"}
+    assert meta == {
+        "rank": "0", "world_size": "2", "calls_per_step": "2", "replicas_differ_by": "0.0"
+    }  # fmt: skip
     assert [line.split()[1] for line in out.splitlines() if line.startswith("step")] == [
         str(s) for s in range(1, 7)
     ]  # each step logged once: by rank 0 alone
@@ -162,6 +164,19 @@ def test_two_processes_match_one_process_and_only_rank0_writes(tmp_path, capfd) 
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
     assert not torch.allclose(one["layers.0.weight"], start["layers.0.weight"])  # it trained
     assert int(two["layers.1.count"]) == 6
+
+
+def test_data_loader_shards_keep_replicas_in_step(tmp_path) -> None:
+    """handgrad.data.DataLoader(rank=, world_size=) plugs in: the ranks see different rows,
+    and the averaged gradients keep every replica bitwise equal."""
+    (tmp_path / "out").mkdir()
+    args = (str(tmp_path / "out"), str(tmp_path / "data"), 6, 16, 0.05, 1.0, "data")
+    run(dist_workers.train, 2, *args, device="cpu", timeout_s=60)
+    path = str(tmp_path / "out" / "weights.safetensors")
+    with safe_open(path, "pt") as f:
+        assert f.metadata()["replicas_differ_by"] == "0.0"
+    start = dist_workers.make_model(100).state_dict()["layers.0.weight"]
+    assert not torch.allclose(load_file(path)["layers.0.weight"], start)
 
 
 @pytest.mark.parametrize(
