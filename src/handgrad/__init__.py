@@ -3,41 +3,97 @@
 from .data import DataLoader, Dataset, Split, load_dataset
 from .errors import HandgradError
 from .gradcheck import CheckReport, gradcheck
-from .layers import Linear, ReLU
+from .init import init_model, lsuv_init
+from .layers import (
+    GELU,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GeneralRelu,
+    GlobalAvgPool,
+    LayerNorm,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    Mish,
+    ReLU,
+    Reshape,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Tanh,
+)
 from .losses import CrossEntropyLoss, LossInputError, MSELoss
 from .metrics import accuracy, confusion_matrix
+from .models import MODELS, build_model
 from .module import Module, Parameter, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
 from .schedules import Constant, CosineWarmup, OneCycle, StepDecay, make_schedule
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # Activation needs sympy, which takes seconds to import: load it only when asked for.
+    if name == "Activation":
+        from .symbolic import Activation
+
+        return Activation
+    raise AttributeError(f"module 'handgrad' has no attribute {name!r}")
+
+
 __all__ = [
+    "GELU",
+    "MODELS",
     "SGD",
+    "Activation",
     "Adam",
     "AdamW",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
     "CheckReport",
     "Constant",
+    "Conv2d",
     "CosineWarmup",
     "CrossEntropyLoss",
     "DataLoader",
     "Dataset",
+    "Dropout",
+    "Flatten",
+    "GeneralRelu",
+    "GlobalAvgPool",
     "HandgradError",
+    "LayerNorm",
+    "LeakyReLU",
     "Linear",
     "LossInputError",
     "MSELoss",
+    "MaxPool2d",
+    "Mish",
     "Module",
     "OneCycle",
     "Optimizer",
     "Parameter",
     "ReLU",
+    "Reshape",
     "Sequential",
+    "SiLU",
+    "Sigmoid",
+    "Softmax",
     "Split",
     "StepDecay",
+    "Tanh",
     "__version__",
     "accuracy",
+    "build_model",
     "confusion_matrix",
     "gradcheck",
+    "init_model",
     "load_dataset",
+    "lsuv_init",
     "make_schedule",
 ]

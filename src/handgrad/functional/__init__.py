@@ -10,17 +10,82 @@ Conventions: ``N`` is the batch size; gradients are named ``d<name>``; a backwar
 modifies ``dout`` in place (the caller may still hold it).
 """
 
-from .activations import relu_backward, relu_forward
+from .activations import (
+    gelu_backward,
+    gelu_forward,
+    general_relu_backward,
+    general_relu_forward,
+    leaky_relu_backward,
+    leaky_relu_forward,
+    mish_backward,
+    mish_forward,
+    relu_backward,
+    relu_forward,
+    sigmoid_backward,
+    sigmoid_forward,
+    silu_backward,
+    silu_forward,
+    softmax_backward,
+    softmax_forward,
+    softplus,
+    tanh_backward,
+    tanh_forward,
+)
+from .conv import ConvGeometry, col2im, conv2d_backward, conv2d_forward, im2col
+from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
+from .norm import batchnorm_backward, batchnorm_forward, layernorm_backward, layernorm_forward
+from .pool import (
+    avgpool2d_backward,
+    avgpool2d_forward,
+    global_avgpool_backward,
+    global_avgpool_forward,
+    maxpool2d_backward,
+    maxpool2d_forward,
+)
 
 __all__ = [
+    "ConvGeometry",
+    "avgpool2d_backward",
+    "avgpool2d_forward",
+    "batchnorm_backward",
+    "batchnorm_forward",
+    "col2im",
+    "conv2d_backward",
+    "conv2d_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
+    "dropout_backward",
+    "dropout_forward",
+    "gelu_backward",
+    "gelu_forward",
+    "general_relu_backward",
+    "general_relu_forward",
+    "global_avgpool_backward",
+    "global_avgpool_forward",
+    "im2col",
+    "layernorm_backward",
+    "layernorm_forward",
+    "leaky_relu_backward",
+    "leaky_relu_forward",
     "linear_backward",
     "linear_forward",
+    "maxpool2d_backward",
+    "maxpool2d_forward",
+    "mish_backward",
+    "mish_forward",
     "mse_backward",
     "mse_forward",
     "relu_backward",
     "relu_forward",
+    "sigmoid_backward",
+    "sigmoid_forward",
+    "silu_backward",
+    "silu_forward",
+    "softmax_backward",
+    "softmax_forward",
+    "softplus",
+    "tanh_backward",
+    "tanh_forward",
 ]

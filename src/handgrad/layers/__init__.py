@@ -4,7 +4,33 @@ Each class holds its parameters, calls one forward/backward pair of ``functional
 via ``save_for_backward``, what the backward needs.
 """
 
-from .activations import ReLU
+from .activations import GELU, GeneralRelu, LeakyReLU, Mish, ReLU, Sigmoid, SiLU, Softmax, Tanh
+from .conv import Conv2d
+from .dropout import Dropout
 from .linear import Linear
+from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from .pool import AvgPool2d, GlobalAvgPool, MaxPool2d
+from .reshape import Flatten, Reshape
 
-__all__ = ["Linear", "ReLU"]
+__all__ = [
+    "GELU",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Conv2d",
+    "Dropout",
+    "Flatten",
+    "GeneralRelu",
+    "GlobalAvgPool",
+    "LayerNorm",
+    "LeakyReLU",
+    "Linear",
+    "MaxPool2d",
+    "Mish",
+    "ReLU",
+    "Reshape",
+    "SiLU",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+]
