@@ -15,10 +15,13 @@ Two different things, both needed by a user who mixes the two libraries:
        loss.backward()                                     # Linear's hand-written bwd runs
 
 2. **Weights converted between equivalent architectures** (``to_torch`` / ``from_torch``):
-   a handgrad ``Sequential`` of ``Linear``/``ReLU`` becomes an ``nn.Sequential`` of
-   ``nn.Linear``/``nn.ReLU`` with the same function (and back). Linear's weight is stored
-   (in, out) here, the lesson's layout, and (out, in) in PyTorch: it is transposed on the way.
-   The mapping is a table, :data:`CONVERSIONS`; a new layer pair is one ``register(...)`` line.
+   a handgrad ``Sequential`` (of ``Linear``, ``Conv2d``, ``BatchNorm1d/2d``, ``LayerNorm``,
+   pooling, ``Dropout``, ``Flatten``/``Reshape`` and the activations PyTorch also has) becomes
+   an ``nn.Sequential`` of the matching ``torch.nn`` layers with the same function, weights and
+   running statistics, and back; the built-in ``mlp`` and ``cnn`` models convert whole.
+   Linear's weight is stored (in, out) here, the lesson's layout, and (out, in) in PyTorch: it
+   is transposed on the way. The mapping is a table, :data:`CONVERSIONS`; a new layer pair is
+   one ``register(...)`` call, and the tests check every pair on the ``handgrad check`` cases.
 
 How the autograd Function works (the PyTorch "Extending autograd" rules):
 
@@ -58,13 +61,34 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .layers import Linear, ReLU
+from .layers import (
+    GELU,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    LayerNorm,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    Mish,
+    ReLU,
+    Reshape,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Tanh,
+)
 from .module import Module, Parameter, Sequential
 
 __all__ = [
     "CONVERSIONS",
     "Conversion",
     "HandgradFunction",
+    "TorchGlobalAvgPool",
     "TorchModule",
     "as_function",
     "from_torch",
@@ -391,15 +415,87 @@ def _has_bias(m: Any) -> bool:
     return m.bias is not None
 
 
+class TorchGlobalAvgPool(nn.Module):
+    """(N, C, H, W) -> (N, C), the mean over positions: PyTorch has no single module for
+    handgrad's ``GlobalAvgPool`` (``AdaptiveAvgPool2d(1)`` keeps the two size-1 axes)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def _only_if(ok: bool, what: str) -> None:
+    if not ok:
+        raise TypeError(f"no handgrad equivalent for {what}")
+
+
+def _conv_from_torch(t: nn.Conv2d) -> Conv2d:
+    _only_if(isinstance(t.padding, tuple) and t.padding_mode == "zeros", f"{t} (padding)")
+    return Conv2d(t.in_channels, t.out_channels, t.kernel_size, t.stride, t.padding,  # type: ignore[arg-type]
+                  t.dilation, t.groups, bias=_has_bias(t))  # fmt: skip
+
+
+def _unflatten_to_reshape(t: nn.Unflatten) -> Reshape:
+    _only_if(t.dim == 1, f"{t} (only dim=1: the batch axis stays first)")
+    return Reshape(*t.unflattened_size)  # type: ignore[arg-type]
+
+
+def _flatten_from_torch(t: nn.Flatten) -> Flatten:
+    _only_if(t.start_dim == 1 and t.end_dim == -1, f"{t} (only start_dim=1, end_dim=-1)")
+    return Flatten()
+
+
+def _pool_args(m: Any) -> dict[str, Any]:
+    g = m.geometry
+    return {"kernel_size": g.kernel, "stride": g.stride, "padding": g.padding}
+
+
+def _bn_args(m: Any) -> tuple[Any, ...]:
+    """BatchNorm's constructor arguments, the same names and order on both sides."""
+    return m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats
+
+
+W_B = {"weight": ("weight", same), "bias": ("bias", same)}
+BN = W_B | {n: (n, same) for n in ("running_mean", "running_var", "num_batches_tracked")}
+
 # One line per layer pair. Sequential is handled by ``to_torch``/``from_torch`` themselves.
-register(
-    Linear,
-    nn.Linear,
-    lambda m: nn.Linear(m.in_features, m.out_features, bias=_has_bias(m)),
-    lambda t: Linear(t.in_features, t.out_features, bias=_has_bias(t)),
-    {"weight": ("weight", transpose), "bias": ("bias", same)},
-)
-register(ReLU, nn.ReLU, lambda m: nn.ReLU(), lambda t: ReLU())  # fmt: skip
+# fmt: off
+register(Linear, nn.Linear,
+         lambda m: nn.Linear(m.in_features, m.out_features, bias=_has_bias(m)),
+         lambda t: Linear(t.in_features, t.out_features, bias=_has_bias(t)),
+         {"weight": ("weight", transpose), "bias": ("bias", same)})
+register(Conv2d, nn.Conv2d,
+         lambda m: nn.Conv2d(m.in_channels, m.out_channels, m.geometry.kernel, m.geometry.stride,
+                             m.geometry.padding, m.geometry.dilation, m.geometry.groups,
+                             bias=_has_bias(m)),
+         _conv_from_torch, W_B)
+register(BatchNorm1d, nn.BatchNorm1d, lambda m: nn.BatchNorm1d(*_bn_args(m)),
+         lambda t: BatchNorm1d(*_bn_args(t)), BN)
+register(BatchNorm2d, nn.BatchNorm2d, lambda m: nn.BatchNorm2d(*_bn_args(m)),
+         lambda t: BatchNorm2d(*_bn_args(t)), BN)
+register(LayerNorm, nn.LayerNorm,
+         lambda m: nn.LayerNorm(m.normalized_shape, m.eps, m.weight is not None, bias=_has_bias(m)),
+         lambda t: LayerNorm(t.normalized_shape, t.eps, t.elementwise_affine, bias=_has_bias(t)),
+         W_B)
+register(MaxPool2d, nn.MaxPool2d,
+         lambda m: nn.MaxPool2d(**_pool_args(m), dilation=m.geometry.dilation),
+         lambda t: MaxPool2d(t.kernel_size, t.stride, t.padding, t.dilation))
+register(AvgPool2d, nn.AvgPool2d, lambda m: nn.AvgPool2d(**_pool_args(m)),
+         lambda t: AvgPool2d(t.kernel_size, t.stride, t.padding))
+register(GlobalAvgPool, TorchGlobalAvgPool, lambda m: TorchGlobalAvgPool(),
+         lambda t: GlobalAvgPool())
+register(Flatten, nn.Flatten, lambda m: nn.Flatten(), _flatten_from_torch)
+register(Reshape, nn.Unflatten, lambda m: nn.Unflatten(1, m.shape), _unflatten_to_reshape)
+register(Dropout, nn.Dropout, lambda m: nn.Dropout(m.p), lambda t: Dropout(t.p))
+register(ReLU, nn.ReLU, lambda m: nn.ReLU(), lambda t: ReLU())
+register(LeakyReLU, nn.LeakyReLU, lambda m: nn.LeakyReLU(m.negative_slope),
+         lambda t: LeakyReLU(t.negative_slope))
+register(Tanh, nn.Tanh, lambda m: nn.Tanh(), lambda t: Tanh())
+register(Sigmoid, nn.Sigmoid, lambda m: nn.Sigmoid(), lambda t: Sigmoid())
+register(SiLU, nn.SiLU, lambda m: nn.SiLU(), lambda t: SiLU())
+register(Mish, nn.Mish, lambda m: nn.Mish(), lambda t: Mish())
+register(GELU, nn.GELU, lambda m: nn.GELU(m.approximate), lambda t: GELU(t.approximate))
+register(Softmax, nn.Softmax, lambda m: nn.Softmax(m.dim), lambda t: Softmax(t.dim))
+# fmt: on
 
 
 def _find(kind: str, obj: object) -> Conversion:
