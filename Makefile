@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/handgrad demo
+	$(BIN)/handgrad train
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
