@@ -96,6 +96,7 @@ from .module import Module, Parameter
 __all__ = [
     "EXIT_ERROR",
     "EXIT_PEER_LOST",
+    "AverageTrainMetrics",
     "DataParallel",
     "DataParallelCallback",
     "DistContext",
@@ -875,6 +876,33 @@ class DataParallelCallback:
     def after_epoch(self, learn: Any) -> None:
         if self.dp is not None and learn.training:
             self.dp.sync_buffers()
+
+
+class AverageTrainMetrics:
+    """Learner callback: after each training pass, replace every ``train_*`` value of
+    ``learn.metrics.values`` by its mean over the ranks, so that rank 0 reports the loss of the
+    whole epoch, not of its shard. (Shards have equal sizes, so the mean of the ranks' means
+    is the mean over all samples.) Runs after ``Metrics`` (order 10) computed the values and
+    before ``Recorder`` (20), ``EarlyStopping`` (25) and ``Progress`` (50) read them.
+    """
+
+    order = 15
+    name = None
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+
+    def after_epoch(self, learn: Any) -> None:
+        metrics = getattr(learn, "metrics", None)
+        if not (learn.training and self.ctx.distributed and metrics is not None):
+            return
+        keys = sorted(k for k in metrics.values if k.startswith("train_"))
+        if keys:
+            values = torch.tensor([metrics.values[k] for k in keys], dtype=torch.float64)
+            values = values.to(self.ctx.device)  # NCCL reduces device tensors only
+            self.ctx.all_reduce_(values, "averaging the epoch's training metrics")
+            means = (values / self.ctx.world_size).tolist()  # the pass's one sync
+            metrics.values.update(zip(keys, means, strict=True))
 
 
 def free_port() -> int:
