@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Any
 
@@ -122,10 +123,12 @@ def run(args: argparse.Namespace) -> int:
     if not config.resume:
         # Checked once, here (exit status 2), rather than in every rank.
         bs = config.resolved().bs or 1
-        if not distributed.launched_by_torchrun() and bs % args.nproc:
+        torchrun = distributed.launched_by_torchrun()
+        world = int(os.environ["WORLD_SIZE"]) if torchrun else args.nproc
+        if bs % world:
             raise HandgradError(
-                f"--bs {bs}: the global batch must split evenly between --nproc {args.nproc} "
-                f"processes; give a multiple of {args.nproc}"
+                f"--bs {bs}: the global batch must split evenly between {world} processes; "
+                f"give a multiple of {world}"
             )
         if not config.out:
             # Decided once, here: every rank must agree on where rank 0 writes.
