@@ -142,13 +142,26 @@ def fail(ctx: DistContext, how: str) -> None:
         time.sleep(0.01)
 
 
-def torchrun_style(rank: int, port: int, how: str, timeout_s: float, stdio: tuple) -> None:
-    """A rank as torchrun starts it: the job described by environment variables only.
-    ``stdio``: the test's stdout/stderr (a forkserver child would write to the server's)."""
+def torchrun_style(
+    rank: int, local_rank: int, world: int, port: int, stdio: tuple, fn, *args
+) -> None:
+    """A rank as torchrun starts it: the job described by environment variables only, then
+    ``run(fn, 1, *args)`` joins it. ``stdio``: the test's stdout/stderr (a forkserver child
+    would write to the server's)."""
     for target, fd in zip((1, 2), stdio, strict=True):
         os.dup2(fd, target)
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
-    run(fail, 1, how, device="cpu", timeout_s=timeout_s)
+    run(fn, 1, *args, device="cpu", timeout_s=30)
+
+
+def waves(ctx: DistContext, log: str) -> None:
+    """Record when each rank enters and leaves ``main_first`` (appends are atomic)."""
+    with ctx.main_first("test"):
+        with open(log, "a") as f:
+            f.write(f"in {ctx.rank}\n")
+        time.sleep(0.2)
+        with open(log, "a") as f:
+            f.write(f"out {ctx.rank}\n")

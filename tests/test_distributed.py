@@ -226,20 +226,25 @@ def test_a_failing_rank_stops_the_job(how: str, timeout: int, cause: str) -> Non
         assert f"(timeout {timeout} s)" in rank0.message
 
 
+def launch_like_torchrun(local_ranks: list[int], fn, *args) -> list:
+    """Start one process per entry (its LOCAL_RANK) as torchrun would; return them started."""
+    context = multiprocessing.get_context(_start_method())
+    port, stdio = free_port(), _parent_stdio()
+    procs = [
+        context.Process(target=dist_workers.torchrun_style,
+                        args=(r, lr, len(local_ranks), port, stdio, fn, *args))
+        for r, lr in enumerate(local_ranks)
+    ]  # fmt: skip
+    for p in procs:
+        p.start()
+    return procs
+
+
 def test_torchrun_style_survivor_exits_when_a_peer_is_killed(capfd) -> None:
     """Ranks started the way torchrun starts them (environment variables, ``run`` joining
     from the environment) and by nothing that would clean up after them: when rank 1 is
     killed, rank 0 exits by itself with EXIT_PEER_LOST and one clear line on stderr."""
-    context = multiprocessing.get_context(_start_method())
-    port = free_port()
-    procs = [
-        context.Process(
-            target=dist_workers.torchrun_style, args=(r, port, "kill", 30, _parent_stdio())
-        )
-        for r in range(2)
-    ]
-    for p in procs:
-        p.start()
+    procs = launch_like_torchrun([0, 1], dist_workers.fail, "kill")
     try:
         procs[0].join(60)
     finally:
@@ -252,3 +257,16 @@ def test_torchrun_style_survivor_exits_when_a_peer_is_killed(capfd) -> None:
     assert len(lines) == 1, lines
     assert lines[0].startswith("handgrad: error: rank 0/2: all_reduce failed after")
     assert "another rank died or stopped answering" in lines[0]
+
+
+def test_main_first_runs_in_three_waves(tmp_path) -> None:
+    """Two machines of two ranks (local ranks 0, 1, 0, 1): rank 0 alone first, then rank 2
+    (the other machine's first rank), then ranks 1 and 3."""
+    log = tmp_path / "log"
+    procs = launch_like_torchrun([0, 1, 0, 1], dist_workers.waves, str(log))
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    events = log.read_text().split("\n")
+    assert events[:4] == ["in 0", "out 0", "in 2", "out 2"]
+    assert sorted(events[4:8]) == ["in 1", "in 3", "out 1", "out 3"]

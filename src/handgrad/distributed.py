@@ -55,8 +55,8 @@ The semantics, decided and documented:
   validation, the checkpoint written by rank 0 and every replica agree.
 - **Rank 0 alone** logs (:meth:`DistContext.log`), writes checkpoints and files
   (:meth:`DistContext.on_main`: the others wait at a barrier until it is done) and downloads
-  data (:meth:`DistContext.main_first`: rank 0 runs the block first, then the others, which
-  find the files in place).
+  data (:meth:`DistContext.main_first`: rank 0 runs the block first, then the first rank of
+  each other machine, then the rest, which find the files in place).
 - **Failure**: every collective has a timeout (``timeout_s``, default 300 s, environment
   ``HANDGRAD_DIST_TIMEOUT``). A rank that dies closes its connections, and the others fail in
   their next collective at once; a rank that hangs makes the others fail when the timeout
@@ -212,13 +212,22 @@ class DistContext:
 
     @contextmanager
     def main_first(self, what: str = "preparing data") -> Iterator[None]:
-        """Rank 0 runs the block first (downloads, unpacks, caches); the other ranks wait at a
-        barrier and then run it, finding the files in place."""
-        if not self.is_main:
+        """Run the block (a download, unpacking, a cache) rank by rank in three waves: rank 0
+        first; then the first rank of every other machine (``local_rank`` 0), for machines
+        that do not share rank 0's disk; then all the others, which find the files in place.
+        No two processes of one machine write the same files at the same time."""
+        if not self.distributed:
+            yield
+            return
+        if self.rank != 0:
             self.barrier(f"waiting for rank 0 ({what})")
+        if self.local_rank != 0:
+            self.barrier(f"waiting for the first rank of each machine ({what})")
         yield
-        if self.is_main:
+        if self.rank == 0:
             self.barrier(f"releasing the other ranks after {what}")
+        if self.rank == 0 or self.local_rank == 0:
+            self.barrier(f"releasing this machine's other ranks after {what}")
 
     def on_main(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Call ``fn`` on rank 0 only (write a checkpoint, a log file, a plot); every rank
