@@ -23,6 +23,10 @@ replica takes the same step the one-process run would take on the whole global b
 
     run(train, nproc=2)      # spawns 2 local processes; under torchrun it runs in-process
 
+With the :class:`~handgrad.learner.Learner`, add :class:`DataParallelCallback` (and
+:class:`AverageTrainMetrics`, so that rank 0 reports the loss of all ranks) and give each rank
+its shard of the training data; ``handgrad train --nproc N`` does exactly that.
+
 Launching. :func:`run` works three ways: under ``torchrun`` (the environment has ``RANK`` and
 ``WORLD_SIZE``) it joins the process group described there; with ``nproc > 1`` it spawns that
 many local processes (the parent hosts the rendezvous store on 127.0.0.1 and a free port, so
@@ -40,6 +44,9 @@ The semantics, decided and documented:
   batch (tested to float32 round-off). When ``N`` is not a multiple of ``W`` the permutation is
   padded by wrapping around, because every rank must take the same number of steps (a rank
   with one batch more would wait in an ``all_reduce`` nobody else joins).
+  ``handgrad.data.DataLoader(rank=, world_size=)`` shards by contiguous blocks instead: the
+  replicas stay equal, but its global batches group the samples differently from a
+  one-process run (equivalent in distribution, not step for step).
 - **Gradients**: averaged (sum, then divide by ``W``) in flattened buckets of at most
   ``bucket_mb`` megabytes, one ``all_reduce`` per bucket, all buckets in flight at once. For an
   MNIST MLP that is one call per step. A parameter whose ``.g`` is ``None`` on a rank
@@ -61,8 +68,8 @@ The semantics, decided and documented:
   ``HANDGRAD_DIST_TIMEOUT``). A rank that dies closes its connections, and the others fail in
   their next collective at once; a rank that hangs makes the others fail when the timeout
   expires. Either way each survivor raises :class:`DistributedError` with one line naming its
-  rank and what failed, and exits non-zero; the spawning parent then stops every rank and
-  reports the first failure. Nothing waits forever.
+  rank and what failed, and exits non-zero (:data:`EXIT_PEER_LOST`); the spawning parent then
+  stops any rank left and reports the root cause first. Nothing waits forever.
 
 Security: ``torch.distributed`` has **no authentication or encryption**. Anyone who can reach
 the rendezvous port can join the job or send it data; use it only on a trusted network.
