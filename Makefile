@@ -16,8 +16,8 @@ train: $(STAMP)
 	$(BIN)/handgrad train
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs tools
+	$(BIN)/ruff format --check src tests benchmarks docs tools
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -1,5 +1,8 @@
 """handgrad: neural networks from foundations, every backward pass written by hand."""
 
+__version__ = "0.1.0"  # first, so submodules may import it
+
+
 from .data import DataLoader, Dataset, Split, load_dataset
 from .errors import HandgradError
 from .gradcheck import CheckReport, gradcheck
@@ -31,9 +34,9 @@ from .metrics import accuracy, confusion_matrix
 from .models import MODELS, build_model
 from .module import Module, Parameter, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
+from .report import write_report
 from .schedules import Constant, CosineWarmup, OneCycle, StepDecay, make_schedule
-
-__version__ = "0.1.0"
+from .stats import ActivationStats, GradientStats, LayerStats, StatsHooks, dead_units
 
 
 def __getattr__(name: str) -> object:
@@ -50,6 +53,7 @@ __all__ = [
     "MODELS",
     "SGD",
     "Activation",
+    "ActivationStats",
     "Adam",
     "AdamW",
     "AvgPool2d",
@@ -66,8 +70,10 @@ __all__ = [
     "Flatten",
     "GeneralRelu",
     "GlobalAvgPool",
+    "GradientStats",
     "HandgradError",
     "LayerNorm",
+    "LayerStats",
     "LeakyReLU",
     "Linear",
     "LossInputError",
@@ -85,15 +91,18 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "Split",
+    "StatsHooks",
     "StepDecay",
     "Tanh",
     "__version__",
     "accuracy",
     "build_model",
     "confusion_matrix",
+    "dead_units",
     "gradcheck",
     "init_model",
     "load_dataset",
     "lsuv_init",
     "make_schedule",
+    "write_report",
 ]

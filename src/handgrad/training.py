@@ -51,7 +51,7 @@ from .recipes import make_loss, metric_for, recipe_for
 from .schedules import make_schedule
 
 #: Options that may change when a run is resumed; every other one comes from the checkpoint.
-RESUMABLE = ("epochs", "out", "quiet", "device", "stop_after", "data", "patience")
+RESUMABLE = ("epochs", "out", "quiet", "device", "stop_after", "data", "patience", "plots")
 VALID_BATCH = 1024  # validation has no backward pass: large batches, fewer Python steps
 
 
@@ -77,6 +77,7 @@ class TrainConfig:
     quiet: bool = False
     stop_after: int | None = None
     resume: str | None = None
+    plots: str | None = None  # folder for every plot (handgrad.plots.run)
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` recipe field filled from the model's recipe."""
@@ -90,7 +91,7 @@ class TrainConfig:
 
     def recipe_dict(self) -> dict[str, Any]:
         """The fields that define the computation (saved in checkpoints and metrics.json)."""
-        skip = {"out", "quiet", "stop_after", "resume"}
+        skip = {"out", "quiet", "stop_after", "resume", "plots"}
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         if d["hidden"] is not None:
             d["hidden"] = list(d["hidden"])
@@ -370,6 +371,12 @@ def train(
         ctx=ctx,
     )
     learn = run.learn
+    stats = None
+    if config.plots and main:  # per-layer statistics for the plots (they only read)
+        from .plots.run import stats_callbacks
+
+        stats = stats_callbacks(config.epochs * len(learn.train_dl))  # type: ignore[arg-type]
+        learn.add_callbacks(*stats)
     start_epoch, start_step = 0, 0
     if ckpt is not None:
         if ckpt.info.get("data", {}).get("n_features") != run.info["data"]["n_features"]:
@@ -414,6 +421,12 @@ def train(
         "processes": ctx.world_size if ctx else 1,
         "versions": {"handgrad": __version__, "torch": torch.__version__},
     }
+    if config.plots:
+        from .plots.run import write_run_plots
+
+        written = write_run_plots(run, config.plots, stats)
+        result["plots"] = str(Path(config.plots).resolve())
+        say(console, f"{len(written)} plots in {config.plots}; one page: handgrad report {out}")
     write_json_atomic(out / "metrics.json", result)
     if getattr(learn, "stop_reason", None):
         say(console, learn.stop_reason)

@@ -47,6 +47,7 @@ FIELDS = (
     "quiet",
     "stop_after",
     "resume",
+    "plots",
 )
 
 
@@ -91,6 +92,13 @@ def add(sub: Any) -> None:
     )
     p.add_argument(
         "--resume", default=None, metavar="CKPT", help="continue a run's last.safetensors"
+    )
+    p.add_argument(
+        "--plots",
+        default=None,
+        metavar="DIR",
+        help="write every plot there: curves, LR finder, confusion matrix, per-layer activation "
+        "and gradient statistics, dead units, confident mistakes",
     )
     p.add_argument(
         "--nproc",
