@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ from .callbacks import (
 )
 from .checkpoint import load_checkpoint, restore_learner
 from .data import DataLoader, Dataset, load_dataset
+from .devices import resolve_device
+from .distributed import AverageTrainMetrics, DataParallelCallback, DistContext
 from .errors import HandgradError
 from .learner import Callback, CancelFitException, Learner
 from .models import MODELS, build_model
@@ -131,18 +134,6 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise HandgradError(f"--device {name!r}: not a device (use cpu, cuda, auto)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HandgradError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
-
-
 def resolve_threads(threads: str, device: torch.device) -> int:
     """CPU threads for the run: a number, or ``auto``.
 
@@ -232,15 +223,31 @@ def build_run(
     out: Path | None = None,
     callbacks: list[Callback] | None = None,
     for_training: bool = True,
+    ctx: DistContext | None = None,
 ) -> Run:
-    """Build the learner that ``config`` describes (``config`` already resolved)."""
+    """Build the learner that ``config`` describes (``config`` already resolved).
+
+    With ``ctx`` (data-parallel training, :mod:`handgrad.distributed`) this is one rank's
+    learner: rank 0 loads (downloads) the data first, the training loader gives this rank its
+    shard with ``bs / world_size`` rows per batch (``bs`` stays the global batch), the
+    gradients are averaged by a :class:`~handgrad.distributed.DataParallelCallback`, and the
+    validation set is whole on every rank, so every rank computes the same metrics.
+    """
     _check_config(config)
-    device = resolve_device(config.device)
-    torch.set_num_threads(resolve_threads(str(config.threads), device))
+    world, rank = (ctx.world_size, ctx.rank) if ctx else (1, 0)
+    if config.bs % world:  # type: ignore[operator]
+        raise HandgradError(
+            f"--bs {config.bs}: the global batch must split evenly between {world} processes; "
+            f"give a multiple of {world}"
+        )
+    device = ctx.device if ctx else resolve_device(config.device)
+    if ctx is None or config.threads != "auto":  # data-parallel ranks share the cores already
+        torch.set_num_threads(resolve_threads(str(config.threads), device))
     if dataset is None:
-        dataset = load_dataset(config.data, progress=not config.quiet)
+        with ctx.main_first("loading the dataset") if ctx else nullcontext():
+            dataset = load_dataset(config.data, progress=not config.quiet and rank == 0)
     n_features = int(math.prod(dataset.image_shape))
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed + rank)  # dropout masks differ between ranks
     gen = torch.Generator().manual_seed(config.seed)
     kwargs = model_kwargs(config)
     try:
@@ -261,12 +268,14 @@ def build_run(
     train_dl = DataLoader(
         train_x,
         dataset.train.y,
-        config.bs,
+        config.bs // world,  # type: ignore[operator]
         shuffle=True,
         seed=config.seed,
         device=device,
         mean=mean,
         std=std,
+        rank=rank,
+        world_size=world,
     )
     valid_dl = DataLoader(
         dataset.valid.x,
@@ -284,7 +293,10 @@ def build_run(
         "config": config.recipe_dict(),
         "data": data_info(dataset, mean, std),
     }
-    cbs: list[Callback] = [
+    cbs: list[Callback] = []
+    if ctx and ctx.distributed:
+        cbs += [DataParallelCallback(ctx), AverageTrainMetrics(ctx)]
+    cbs += [
         Metrics(accuracy=metric_for(recipe_loss)),
         Recorder(),
         NonFiniteGuard(),
@@ -296,7 +308,12 @@ def build_run(
         if config.shift and len(dataset.image_shape) == 3:
             fill = -mean / std  # the background (pixel 0) after normalisation
             cbs.append(
-                Augment(config.shift, seed=config.seed, image_shape=dataset.image_shape, fill=fill)
+                Augment(
+                    config.shift,
+                    seed=config.seed + rank,
+                    image_shape=dataset.image_shape,
+                    fill=fill,
+                )
             )
         if out is not None:
             cbs.append(Checkpointer(out, info, monitor="valid_accuracy", mode="max"))
@@ -376,21 +393,34 @@ def train(
     *,
     given: set[str] = frozenset(),  # type: ignore[assignment]
     dataset: Dataset | None = None,
+    ctx: DistContext | None = None,
 ) -> dict[str, Any]:
-    """Run ``handgrad train``; returns the final metrics (also written to metrics.json)."""
+    """Run ``handgrad train``; returns the final metrics (also written to metrics.json).
+
+    With ``ctx``, this is one rank of a data-parallel run (see :func:`build_run`): only rank 0
+    prints, writes checkpoints, the plot and metrics.json (``config.out`` must then be set, so
+    that every rank agrees on it); the others return ``{}``.
+    """
+    main = ctx is None or ctx.is_main
     ckpt = None
     if config.resume:
         config, ckpt = config_for_resume(config, set(given))
     config = config.resolved()
     out = Path(config.out) if config.out else default_out(config.model)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     stop = StopAfter(config.stop_after) if config.stop_after else None
     run = build_run(
-        config, dataset=dataset, console=console, out=out, callbacks=[stop] if stop else []
+        config,
+        dataset=dataset,
+        console=console if main else None,
+        out=out if main else None,
+        callbacks=[stop] if stop else [],
+        ctx=ctx,
     )
     learn = run.learn
     stats = None
-    if config.plots:  # per-layer statistics for the plots (they only read, never change)
+    if config.plots and main:  # per-layer statistics for the plots (they only read)
         from .plots.run import stats_callbacks
 
         stats = stats_callbacks(config.epochs * len(learn.train_dl))  # type: ignore[arg-type]
@@ -408,7 +438,8 @@ def train(
                 f"{ckpt.path}: the run already has {start_epoch} epochs; give --epochs N with "
                 f"N > {start_epoch} to train further"
             )
-    _print_header(console, run, start_epoch)
+    if main:
+        _print_header(console, run, start_epoch)
     started = time.perf_counter()
     try:
         learn.fit(config.epochs, start_epoch=start_epoch, start_step=start_step)
@@ -418,6 +449,8 @@ def train(
             say(console, f"interrupted; continue with: handgrad train --resume {last}")
         raise
     seconds = time.perf_counter() - started
+    if not main:
+        return {}
     history = learn.recorder.history
     if not history:
         raise HandgradError("no epoch completed; nothing to report")
@@ -433,6 +466,7 @@ def train(
         | {"train": len(run.dataset.train), "valid": len(run.dataset.valid)},
         "model": run.info["model"],
         "config": config.recipe_dict(),
+        "processes": ctx.world_size if ctx else 1,
         "threads": torch.get_num_threads(),
         "versions": {"handgrad": __version__, "torch": torch.__version__},
     }
@@ -514,5 +548,14 @@ def _print_header(console: Console, run: Run, start_epoch: int) -> None:
         f"model {c.model} ({describe_model(run.learn.model, run.info['data']['n_features'])}); "
         f"loss {run.loss_name}; {c.opt} lr {c.lr:g}, {c.schedule} schedule; {c.epochs} epochs "
         f"x {steps} steps of {c.bs}{'; ' + ', '.join(extras) if extras else ''}; seed {c.seed}; "
-        f"device {run.learn.device}, {torch.get_num_threads()} thread(s); out {run.out}{resumed}",
+        f"device {run.learn.device}{_processes(run)}, {torch.get_num_threads()} thread(s); "
+        f"out {run.out}{resumed}",
     )
+
+
+def _processes(run: Run) -> str:
+    dp = getattr(run.learn, "data_parallel", None)
+    if dp is None or not dp.ctx.distributed:
+        return ""
+    per_rank = run.learn.train_dl.batch_size  # type: ignore[union-attr]
+    return f" x {dp.ctx.world_size} processes ({dp.ctx.backend}, {per_rank} rows each)"
