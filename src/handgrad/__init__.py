@@ -3,7 +3,9 @@
 __version__ = "0.1.0"  # first, so submodules may import it
 
 
+from .bridge import as_function, from_torch, to_torch
 from .data import DataLoader, Dataset, Split, load_dataset
+from .devices import resolve_device
 from .errors import HandgradError
 from .gradcheck import CheckReport, gradcheck
 from .init import init_model, lsuv_init
@@ -96,13 +98,17 @@ __all__ = [
     "Tanh",
     "__version__",
     "accuracy",
+    "as_function",
     "build_model",
     "confusion_matrix",
     "dead_units",
+    "from_torch",
     "gradcheck",
     "init_model",
     "load_dataset",
     "lsuv_init",
     "make_schedule",
+    "resolve_device",
+    "to_torch",
     "write_report",
 ]
