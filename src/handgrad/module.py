@@ -145,15 +145,23 @@ class Module:
 
     # ------------------------------------------------------------------------- call / backward
     def __call__(self, *args: Any) -> Any:
-        args = _unalias(args)
-        self.__dict__["_to_save"] = ()
+        # This runs once per layer per batch, so it is kept to plain dict operations: the
+        # per-call bookkeeping is measured by benchmarks/bench_module.py.
+        d = self.__dict__
+        if len(args) > 1:
+            args = _unalias(args)
+        d["_to_save"] = ()
         out = self.forward(*args)
-        saved = self.__dict__.pop("_to_save", ())
-        for hook in self.__dict__.get("_forward_hooks", ()):
-            hook(self, args, out)
+        saved = d.pop("_to_save", ())
+        hooks = d.get("_forward_hooks")
+        if hooks:
+            for hook in hooks:
+                hook(self, args, out)
         if self.training:
-            pending = self.__dict__.setdefault("_pending", [])
-            if len(pending) >= self.max_pending:
+            pending = d.get("_pending")
+            if pending is None:
+                pending = d["_pending"] = []
+            elif len(pending) >= self.max_pending:
                 raise RuntimeError(
                     f"{self._label()}: {len(pending)} forward calls are waiting for backward; "
                     "call backward after each training forward, or switch to .eval() for "
@@ -201,43 +209,55 @@ class Module:
     def _backprop(
         self, args: tuple[Any, ...], out: Tensor, saved: tuple[Any, ...], dout: Tensor, want: bool
     ) -> tuple[Tensor | None, ...]:
-        own = list(self._own_parameters())
+        d = self.__dict__
+        own = d.get("_own_parameter_cache")
+        if own is None:
+            own = self._own_parameter_tuple()
         before = [p.g for p in own]
         for p in own:
             p.g = None
-        self.needs_input_grad = tuple(
-            want and isinstance(a, Tensor) and a.is_floating_point() and i not in self.no_grad_args
-            for i, a in enumerate(args)
+        no_grad = self.no_grad_args
+        # Framework state is written straight into __dict__ (no __setattr__, no cache reset).
+        d["needs_input_grad"] = tuple(
+            [
+                want and i not in no_grad and isinstance(a, Tensor) and a.is_floating_point()
+                for i, a in enumerate(args)
+            ]
         )
-        self.saved = saved
-        for a in args:
-            _drop_g(a)  # no stale .g can be mistaken for this call's gradient
+        d["saved"] = saved
+        activations = [a for a in args if isinstance(a, Tensor) and not isinstance(a, Parameter)]
+        for a in activations:
+            a.__dict__.pop("g", None)  # no stale .g can be mistaken for this call's gradient
         out.g = dout
         try:
             self.bwd(out, *args)
             grads = tuple(
-                a.__dict__.get("g")
-                if isinstance(a, Tensor) and not isinstance(a, Parameter)
-                else None
-                for a in args
+                [
+                    a.__dict__.get("g")
+                    if isinstance(a, Tensor) and not isinstance(a, Parameter)
+                    else None
+                    for a in args
+                ]
             )
         finally:
             _drop_g(out)
-            for a in args:
-                _drop_g(a)
-            self.saved = ()
+            for a in activations:
+                a.__dict__.pop("g", None)
+            d["saved"] = ()
             for p, old in zip(own, before, strict=True):
                 if p.g is None:
                     p.g = old
                 elif old is not None:
                     p.g = old + p.g
         self._check_grads(args, grads, own)
-        for hook in self.__dict__.get("_backward_hooks", ()):
-            hook(self, dout, grads)
+        hooks = d.get("_backward_hooks")
+        if hooks:
+            for hook in hooks:
+                hook(self, dout, grads)
         return grads
 
     def _check_grads(
-        self, args: tuple[Any, ...], grads: tuple[Tensor | None, ...], own: list[Parameter]
+        self, args: tuple[Any, ...], grads: tuple[Tensor | None, ...], own: tuple[Parameter, ...]
     ) -> None:
         for i, (a, g) in enumerate(zip(args, grads, strict=True)):
             if g is not None and g.shape != a.shape:
@@ -245,11 +265,11 @@ class Module:
                     f"{self._label()}.bwd set the gradient of argument {i} with shape "
                     f"{tuple(g.shape)}, but the argument has shape {tuple(a.shape)}"
                 )
-        names = {id(p): n for n, p in self._named_own_parameters()}
         for p in own:
             if p.g is not None and p.g.shape != p.shape:
+                name = next(n for n, q in self._named_own_parameters() if q is p)
                 raise RuntimeError(
-                    f"{self._label()}.bwd set {names[id(p)]}.g with shape {tuple(p.g.shape)}, "
+                    f"{self._label()}.bwd set {name}.g with shape {tuple(p.g.shape)}, "
                     f"but the parameter has shape {tuple(p.shape)}"
                 )
 
@@ -301,8 +321,27 @@ class Module:
                 yield name, value
 
     def _own_parameters(self) -> Iterator[Parameter]:
-        for _, p in self._named_own_parameters():
-            yield p
+        yield from self._own_parameter_tuple()
+
+    def _own_parameter_tuple(self) -> tuple[Parameter, ...]:
+        """This module's own parameters, found once and cached: every backward needs them, and
+        scanning ``vars(self)`` per call was a measurable share of a small layer's backward.
+        Assigning or deleting a public attribute drops the cache (``__setattr__`` below)."""
+        own = self.__dict__.get("_own_parameter_cache")
+        if own is None:
+            own = tuple(p for _, p in self._named_own_parameters())
+            self.__dict__["_own_parameter_cache"] = own
+        return own
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if not name.startswith("_"):
+            self.__dict__.pop("_own_parameter_cache", None)
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        if not name.startswith("_"):
+            self.__dict__.pop("_own_parameter_cache", None)
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         """This module and every sub-module, depth first, with dotted names."""

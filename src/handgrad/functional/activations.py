@@ -16,14 +16,20 @@ from torch import Tensor
 
 # ---------------------------------------------------------------------------- ReLU family
 def relu_forward(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``y = max(x, 0)``; the cache is the bool mask ``x > 0`` (1 byte per element, not 4)."""
+    """``y = max(x, 0)``; the cache is ``y`` itself: ``y > 0`` exactly where ``x > 0``, so the
+    derivative needs no mask of its own (no extra memory: the layer holds ``y`` anyway)."""
     out = x.clamp_min(0.0)
-    return out, out > 0
+    return out, out
 
 
-def relu_backward(dout: Tensor, mask: Tensor) -> Tensor:
-    """``dy/dx = 1`` where ``x > 0`` else ``0`` (the subgradient 0 is taken at ``x = 0``)."""
-    return dout * mask
+def relu_backward(dout: Tensor, out: Tensor) -> Tensor:
+    """``dy/dx = 1`` where ``y > 0`` else ``0`` (the subgradient 0 is taken at ``x = 0``).
+
+    That is ``dout * (y > 0)``, computed by ATen's ``threshold_backward`` (the kernel behind
+    PyTorch's own ReLU backward) in one pass: the product with a bool mask would first build
+    the mask, then a float copy of it, and measured 3x to 8x slower (benchmarks/bench_kernels.py).
+    """
+    return torch.ops.aten.threshold_backward(dout, out, 0.0)
 
 
 def leaky_relu_forward(x: Tensor, slope: float) -> tuple[Tensor, Tensor]:

@@ -16,18 +16,17 @@ from ..module import Module
 
 
 class ReLU(Module):
-    """``y = max(x, 0)``, element-wise; ``dy/dx = 1[x > 0]``. Keeps a bool mask for backward."""
+    """``y = max(x, 0)``, element-wise; ``dy/dx = 1[x > 0]``. Backward reads the output
+    (``y > 0`` exactly where ``x > 0``), so nothing extra is kept, in training or evaluation."""
 
     init_nonlinearity: ClassVar[str] = "relu"
 
     def forward(self, x: Tensor) -> Tensor:
-        out, mask = F.relu_forward(x)
-        self.save_for_backward(mask)
+        out, _ = F.relu_forward(x)  # the cache is `out`, which bwd receives anyway
         return out
 
     def bwd(self, out: Tensor, x: Tensor) -> None:
-        (mask,) = self.saved
-        x.g = F.relu_backward(out.g, mask)
+        x.g = F.relu_backward(out.g, out)
 
 
 class LeakyReLU(Module):
