@@ -17,6 +17,9 @@ How each number is measured:
 - **Time**: every variant of a workload (PyTorch first) is built from the same initial weights,
   run once to warm up, then the variants take turns, in a rotating order, for ``repeats``
   rounds; the table shows the median and the speed-up is ``median(torch) / median(handgrad)``.
+  Wall time by default; ``--clock cpu`` takes the process's CPU time instead, which on a
+  machine shared with other jobs is far steadier (with ``--threads 1``: with more threads it
+  also counts the threads' spin-waiting).
   PyTorch's side is what a user writes: ``torch.nn`` modules, ``loss.backward()`` and
   ``torch.optim`` with its defaults (inference under ``torch.no_grad()``).
 - **GFLOP/s**: the useful floating-point work of a run (matrix products and convolutions,
@@ -83,6 +86,7 @@ class Config:
     memory_repeats: int = 1
     fast: bool = True
     threads: int | None = None
+    clock: str = "wall"  # "wall" (perf_counter) or "cpu" (process CPU time: steadier when shared)
     seed: int = 0
 
     def n(self, full: int, quick: int) -> int:
@@ -816,7 +820,9 @@ def gemm_peak(n: int, repeats: int = 5) -> float:
     return 2.0 * n**3 / best
 
 
-def time_workload(w: Workload, progress: Callable[[str], None]) -> dict[str, list[float]]:
+def time_workload(
+    w: Workload, progress: Callable[[str], None], clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
     jobs = {v.label: v.make() for v in w.variants}
     for label, job in jobs.items():
         if w.warmup:
@@ -829,9 +835,9 @@ def time_workload(w: Workload, progress: Callable[[str], None]) -> dict[str, lis
         k = r % len(labels)
         for label in labels[k:] + labels[:k]:  # rotate: nobody always runs first
             gc.collect()
-            t0 = time.perf_counter()
+            t0 = clock()
             jobs[label].run()
-            times[label].append(time.perf_counter() - t0)
+            times[label].append(clock() - t0)
     return times
 
 
@@ -924,7 +930,8 @@ def run_bench(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> 
             if v.role == "handgrad":
                 row.guard = compare(v.make().probe(), ref)
             rows[v.label] = row
-        times = time_workload(w, progress)
+        clock = time.process_time if cfg.clock == "cpu" else time.perf_counter
+        times = time_workload(w, progress, clock)
         for label, ts in times.items():
             rows[label].times = ts
             rows[label].median = statistics.median(ts)
@@ -1057,8 +1064,8 @@ def render(report: dict[str, Any]) -> Any:
     m = report["machine"]
     t = Table(
         title=f"handgrad vs PyTorch eager, same process, alternating, median; {m['cpu']}, "
-        f"torch {m['torch']}, {m['threads']} threads, GEMM peak {m['gemm_peak_gflops']:.0f} "
-        "GFLOP/s",
+        f"torch {m['torch']}, {m['threads']} threads, {report['config']['clock']} clock, GEMM "
+        f"peak {m['gemm_peak_gflops']:.0f} GFLOP/s",
         title_justify="left",
     )
     for col, just in (
@@ -1094,7 +1101,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     load = ", ".join(f"{v:.2f}" for v in m["load_average"])
     lines = [
         f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
-        f"GEMM peak {m['gemm_peak_gflops']:.0f} GFLOP/s; {m['date']}; load average at the "
+        f"{report['config']['clock']} clock, GEMM peak {m['gemm_peak_gflops']:.0f} GFLOP/s; "
+        f"{m['date']}; load average at the "
         f"end {load}; {report['seconds']:.0f} s in all.",
         "",
         "| workload | variant | median | vs torch | GFLOP/s | of peak | peak mem | check |",

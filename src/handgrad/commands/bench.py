@@ -36,6 +36,12 @@ def add(sub: Any) -> None:
     p.add_argument("--rows", type=int, help="rows of data for every workload (overrides sizes)")
     p.add_argument("--repeats", type=int, help="timed rounds per workload (median reported)")
     p.add_argument("--threads", type=int, help="torch intra-op threads for both sides")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or process CPU time (steadier on a shared machine, with --threads 1)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument(
         "--memory-repeats",
@@ -68,6 +74,7 @@ def parse_config(args: argparse.Namespace) -> Config:
         memory_repeats=args.memory_repeats,
         fast=not args.no_fast,
         threads=args.threads,
+        clock=args.clock,
         seed=args.seed,
     )
 

@@ -150,6 +150,7 @@ class FastStep:
             reason = str(_failure)
         self._ext = ext
         self._dx: Tensor | None = None
+        self._losses: tuple[Tensor | None, int] = (None, 0)
         self.compiled = not reason
         self.reason = reason
         if reason:
@@ -189,6 +190,7 @@ class FastStep:
                 getattr(loss_fn, "label_smoothing", 0.0),
                 input_grad,
                 reuse,
+                self._loss_slot(weights[0]),
             )
         except (RuntimeError, ValueError, IndexError):
             # Bad input: let the readable path raise its clear, one-line error.
@@ -202,6 +204,17 @@ class FastStep:
         if input_grad:
             self._dx = out[2]
         return out[0], out[1], out[2]
+
+    def _loss_slot(self, like: Tensor) -> Tensor:
+        """A 0-dim view into a block of 256 loss slots. Callers keep losses (a recorder keeps
+        every step's); one small tensor per step, allocated between the step's large ones,
+        fragmented the heap by several KB per kept loss. The slots come from one allocation
+        per 256 steps instead; a kept loss keeps its block (1 KB in float32) alive."""
+        block, i = self._losses
+        if block is None or i == len(block) or block.dtype != like.dtype:
+            block, i = torch.empty(256, dtype=like.dtype, device=like.device), 0
+        self._losses = (block, i + 1)
+        return block[i]
 
     def predict(self, x: Tensor) -> Tensor:
         """The model's output for ``x``, keeping no context (inference)."""

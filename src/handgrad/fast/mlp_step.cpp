@@ -17,7 +17,6 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/log_softmax.h>
@@ -145,13 +144,15 @@ constexpr int64_t kTall = 4096;
 
 // Training step. Returns {preds, loss, dx (undefined unless need_dx), dW0, db0, dW1, db1, ...};
 // a bias gradient is undefined (None) where the layer has no bias. dx_out, when given, is a
-// buffer the caller no longer uses: dx is written into it instead of into fresh memory.
+// buffer the caller no longer uses: dx is written into it instead of into fresh memory;
+// loss_out, a 0-dim slot (same dtype) the loss is written into.
 std::vector<Tensor> mlp_step(const Tensor& x, const Tensor& target,
                              const std::vector<Tensor>& weights,
                              const std::vector<std::optional<Tensor>>& biases,
                              const std::vector<bool>& relu_after, int64_t loss_kind,
                              double label_smoothing, bool need_dx,
-                             const std::optional<Tensor>& dx_out) {
+                             const std::optional<Tensor>& dx_out,
+                             const std::optional<Tensor>& loss_out) {
   c10::AutoGradMode no_autograd(false);  // hand-written gradients: no graph is ever recorded
   check_shapes(x, weights, biases, relu_after);
   const size_t L = weights.size();
@@ -172,7 +173,13 @@ std::vector<Tensor> mlp_step(const Tensor& x, const Tensor& target,
                                     target.const_data_ptr<int64_t>(),
                                     d.mutable_data_ptr<scalar_t>(), n, c, label_smoothing);
       });
-      loss = at::scalar_tensor(value, preds.options());
+      // The loss outlives the step (the Learner's recorder keeps every one), so it goes into a
+      // slot the caller gives: a fresh 4-byte tensor per step would split a freed
+      // activation's heap chunk each time, and the heap would grow by KBs per kept loss.
+      loss = loss_out ? *loss_out : at::empty({}, preds.options());
+      AT_DISPATCH_FLOATING_TYPES(preds.scalar_type(), "store_loss", [&] {
+        *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(value);
+      });
     } else {
       // The same formulas with ATen kernels (large batches): softmax and log-likelihood fuse
       // into dL/dz = (softmax(z) - t) / N.
@@ -239,7 +246,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlp_step", &mlp_step, "forward + backward of a Linear/ReLU net with CE or MSE",
         pybind11::arg("x"), pybind11::arg("target"), pybind11::arg("weights"),
         pybind11::arg("biases"), pybind11::arg("relu_after"), pybind11::arg("loss_kind"),
-        pybind11::arg("label_smoothing"), pybind11::arg("need_dx"), pybind11::arg("dx_out"));
+        pybind11::arg("label_smoothing"), pybind11::arg("need_dx"), pybind11::arg("dx_out"),
+        pybind11::arg("loss_out"));
   m.def("mlp_predict", &mlp_predict, "forward pass of a Linear/ReLU net", pybind11::arg("x"),
         pybind11::arg("weights"), pybind11::arg("biases"), pybind11::arg("relu_after"));
 }
