@@ -36,7 +36,9 @@ How each number is measured:
 - **Correctness guard**: before timing, each handgrad variant and PyTorch take one step from the
   same weights on the same batch (dropout off: the two libraries cannot draw the same masks);
   the gradients, parameters (and loss, outputs or input gradient) must agree to
-  ``max|a - b| <= 2e-4 * max|b|``. Otherwise the row says ``WRONG``, no
+  ``max|a - b| <= 2e-4 * max|b|`` (for the updated parameters, all but their 0.1% largest
+  differences: Adam's first step is about ``lr * sign(g)``, so where a gradient is within
+  rounding of zero the libraries may step apart). Otherwise the row says ``WRONG``, no
   speed-up is printed for it, and the command exits with status 1.
 """
 
@@ -781,14 +783,11 @@ def compare(ours: dict[str, Tensor], ref: dict[str, Tensor]) -> Guard:
         if not bool(torch.isfinite(a64).all()) or not bool(torch.isfinite(b64).all()):
             diff = torch.full_like(diff, math.inf)
         err = diff.max().item()
-        if name.startswith("param:") and err > GUARD_RTOL:
-            outside = (diff > GUARD_RTOL).double().mean().item()
-            if outside <= GUARD_PARAM_FRACTION:
-                err = (
-                    diff.quantile(1.0 - GUARD_PARAM_FRACTION).item()
-                    if diff.numel() < 2**24
-                    else err
-                )
+        skip = int(len(diff) * GUARD_PARAM_FRACTION)
+        if name.startswith("param:") and math.isfinite(err) and skip:
+            # the bulk: every element but the GUARD_PARAM_FRACTION largest differences
+            k = len(diff) - skip
+            err = diff.kthvalue(k).values.item()
         if err > worst or not where:
             worst, where = err, name
     ok = worst <= GUARD_RTOL
