@@ -19,7 +19,6 @@ of hand-written gradients over autograd for a whole training epoch.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -128,7 +127,7 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(
         f"{args.epochs} epoch(s) of {len(dl)} steps (bs 128) + validation; median of "
         f"{args.repeats} rounds, alternating"

@@ -84,7 +84,9 @@ def test_ranks_get_disjoint_equal_shards_of_one_permutation(shuffle, world_size)
         shards.append(epoch_labels(dl))
         assert len(dl) == -(-(N // world_size) // 8)
     assert {len(s) for s in shards} == {N // world_size}
-    together = torch.cat(shards)
+    # Shuffled, rank r takes every world_size-th row of the epoch's permutation, so the ranks'
+    # k-th batches together are one process's k-th batch of world_size * 8 rows.
+    together = torch.stack(shards, 1).reshape(-1) if shuffle else torch.cat(shards)
     assert len(set(together.tolist())) == len(together)  # disjoint
     single = DataLoader(x, y, 8, shuffle=shuffle, seed=3)
     single.set_epoch(5)

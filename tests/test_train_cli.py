@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from handgrad import HandgradError
 from handgrad.checkpoint import load_checkpoint
 from handgrad.inference import _mnist_style
+from handgrad.training import resolve_threads
 
 from conftest import run_cli
 
@@ -52,7 +54,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-ARGS = ("--hidden", "16", "--bs", "32", "--quiet", "--lr", "1e-2", "--shift", "1")
+ARGS = ("--hidden", "16", "--bs", "32", "--quiet", "--lr", "1e-2", "--shift", "1", "--threads", "1")
 
 
 def train(data: Path, out: Path, *extra: str):
@@ -103,7 +105,8 @@ def test_stop_and_resume_equals_straight_run_bitwise(tiny: Path, trained, tmp_pa
     out, straight = trained
     part = train(tiny, tmp_path / "r", "--epochs", "4", "--stop-after", "2")
     assert part.status == 0 and "--resume" in part.out
-    resumed = run_cli("train", "--resume", str(tmp_path / "r" / "last.safetensors"), "--quiet")
+    last = str(tmp_path / "r" / "last.safetensors")
+    resumed = run_cli("train", "--resume", last, "--quiet", "--threads", "1")
     assert resumed.status == 0, resumed.err
     assert epoch_lines(part.out) + epoch_lines(resumed.out) == epoch_lines(straight.out)
     w1, w2 = weights(out / "last.safetensors"), weights(tmp_path / "r" / "last.safetensors")
@@ -178,6 +181,8 @@ def test_lr_find_writes_a_plot(tiny: Path, tmp_path: Path) -> None:
         "--out",
         str(png),
         "--quiet",
+        "--threads",
+        "1",
     )
     assert r.status == 0, r.err
     assert png.is_file() and re.search(r"suggested lr \d\.\d\de-\d\d", r.out)
@@ -230,6 +235,9 @@ def test_unreadable_image(trained, tmp_path: Path) -> None:
         (("--epochs", "0"), "--epochs 0"),
         (("--opt", "rmsprop"), "--opt 'rmsprop'"),
         (("--model", "lesson", "--hidden", "8"), "no hidden widths"),
+        (("--model", "lesson", "--dropout", "0.1"), "no dropout to set"),
+        (("--dropout", "1.5"), "--dropout 1.5"),
+        (("--threads", "0"), "--threads '0'"),
     ],
 )
 def test_bad_options(tiny: Path, tmp_path: Path, args: tuple[str, ...], message: str) -> None:
@@ -252,6 +260,8 @@ def test_lesson_model_regresses_the_class_index(tiny: Path, tmp_path: Path) -> N
         "--out",
         str(out),
         "--quiet",
+        "--threads",
+        "1",
     )
     assert r.status == 0, r.err
     assert "loss mse" in r.out and re.search(r"valid_accuracy \d\.\d{4}$", r.out.strip())
@@ -259,3 +269,16 @@ def test_lesson_model_regresses_the_class_index(tiny: Path, tmp_path: Path) -> N
     Image.fromarray(np.full((8, 8), 30, np.uint8)).save(img)
     p = run_cli("predict", str(out / "best.safetensors"), str(img))
     assert p.status == 0 and "(regression output" in p.out
+
+
+def test_threads_auto_and_explicit(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert resolve_threads("3", cpu) == 3
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = torch.get_num_threads()
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert resolve_threads("auto", cpu) == cores  # idle: every core
+    monkeypatch.setattr("os.getloadavg", lambda: (50.0, 0.0, 0.0))
+    assert resolve_threads("auto", cpu) == 1  # busy: spinning threads would wait on each other
+    with pytest.raises(HandgradError, match="--threads 'many'"):
+        resolve_threads("many", cpu)

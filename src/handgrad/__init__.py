@@ -3,7 +3,20 @@
 __version__ = "0.1.0"  # first, so submodules may import it
 
 
+from .bridge import as_function, from_torch, to_torch
+from .callbacks import (
+    Checkpointer,
+    EarlyStopping,
+    LRScheduler,
+    Metrics,
+    NonFiniteError,
+    NonFiniteGuard,
+    Progress,
+    Recorder,
+)
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataLoader, Dataset, Split, load_dataset
+from .devices import resolve_device
 from .errors import HandgradError
 from .gradcheck import CheckReport, gradcheck
 from .init import init_model, lsuv_init
@@ -28,6 +41,13 @@ from .layers import (
     SiLU,
     Softmax,
     Tanh,
+)
+from .learner import (
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    Learner,
 )
 from .losses import CrossEntropyLoss, LossInputError, MSELoss
 from .metrics import accuracy, confusion_matrix
@@ -59,7 +79,12 @@ __all__ = [
     "AvgPool2d",
     "BatchNorm1d",
     "BatchNorm2d",
+    "Callback",
+    "CancelBatchException",
+    "CancelEpochException",
+    "CancelFitException",
     "CheckReport",
+    "Checkpointer",
     "Constant",
     "Conv2d",
     "CosineWarmup",
@@ -67,24 +92,32 @@ __all__ = [
     "DataLoader",
     "Dataset",
     "Dropout",
+    "EarlyStopping",
     "Flatten",
     "GeneralRelu",
     "GlobalAvgPool",
     "GradientStats",
     "HandgradError",
+    "LRScheduler",
     "LayerNorm",
     "LayerStats",
     "LeakyReLU",
+    "Learner",
     "Linear",
     "LossInputError",
     "MSELoss",
     "MaxPool2d",
+    "Metrics",
     "Mish",
     "Module",
+    "NonFiniteError",
+    "NonFiniteGuard",
     "OneCycle",
     "Optimizer",
     "Parameter",
+    "Progress",
     "ReLU",
+    "Recorder",
     "Reshape",
     "Sequential",
     "SiLU",
@@ -96,13 +129,19 @@ __all__ = [
     "Tanh",
     "__version__",
     "accuracy",
+    "as_function",
     "build_model",
     "confusion_matrix",
     "dead_units",
+    "from_torch",
     "gradcheck",
     "init_model",
+    "load_checkpoint",
     "load_dataset",
     "lsuv_init",
     "make_schedule",
+    "resolve_device",
+    "save_checkpoint",
+    "to_torch",
     "write_report",
 ]

@@ -102,7 +102,12 @@ def _check_classification(logits: Tensor, labels: Tensor, who: str) -> None:
         )
     if n == 0 or c == 0:
         raise LossInputError(f"{who}: logits {(n, c)} are empty; need N >= 1 rows, C >= 1 classes")
-    lo, hi = torch.aminmax(labels)  # one pass, one synchronisation
+    if labels.device.type != "cpu":
+        # Reading the range back would make an accelerator wait for the host at every step;
+        # the data layer validates labels once at load time, and an out-of-range index still
+        # fails in the gather (as a device-side error).
+        return
+    lo, hi = torch.aminmax(labels)  # one pass; on the CPU no synchronisation is involved
     lo_v, hi_v = int(lo), int(hi)
     if lo_v < 0 or hi_v >= c:
         raise LossInputError(

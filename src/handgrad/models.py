@@ -41,13 +41,19 @@ def mlp(
     n_classes: int = 10,
     *,
     hidden: Sequence[int] = (256, 128),
+    dropout: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Module:
-    """Linear-ReLU blocks of widths ``hidden``, then a linear classifier head (logits)."""
+    """Linear-ReLU blocks of widths ``hidden`` (each followed by ``Dropout(dropout)`` when it is
+    above 0), then a linear classifier head (logits)."""
+    if not hidden or min(hidden) < 1:
+        raise ValueError(f"mlp: hidden widths must be positive, got {list(hidden)}")
     layers: list[Module] = []
     width = in_features
     for h in hidden:
         layers += [Linear(width, h, generator=generator), ReLU()]
+        if dropout:
+            layers.append(Dropout(dropout))
         width = h
     layers.append(Linear(width, n_classes, nonlinearity="linear", generator=generator))
     return Sequential(*layers)

@@ -390,9 +390,13 @@ class Module:
     ) -> Module:
         """Move/cast parameters (in place, so optimizers keep them) and buffers."""
         for p in self.parameters():
-            p.data = p.data.to(device=device, dtype=dtype if p.is_floating_point() else None)
-            if p.g is not None:
-                p.g = p.g.to(device=device, dtype=p.dtype)
+            g = p.g
+            new = p.data.to(device=device, dtype=dtype if p.is_floating_point() else None)
+            if torch._has_compatible_shallow_copy_type(p, new):
+                p.data = new
+            else:  # e.g. cpu -> meta: keep the Python object (and .g) by swapping contents
+                torch.utils.swap_tensors(p, Parameter(new))
+            p.g = None if g is None else g.to(device=device, dtype=p.dtype)
         for m in self.modules():
             for name in m.__dict__.get("_buffer_names", ()):
                 b = getattr(m, name)

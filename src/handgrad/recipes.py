@@ -4,7 +4,7 @@ A recipe names the loss, the optimizer and its settings, the schedule, the batch
 number of epochs and the augmentation. Every field can be overridden on the command line.
 
 The ``mlp`` recipe was found by measuring on ``mnist-sample`` (4,000 training digits, 1,000
-validation digits, four seeds per finalist; see ``benchmarks/results-training.md``) and then
+validation digits, four seeds per finalist; see ``benchmarks/RESULTS.md``) and then
 checked on Fashion-MNIST. Random shifts of one pixel (each digit is seen in 9 positions instead
 of one) gave the largest gain (96.9% -> 97.7% for one seed). AdamW at a one-cycle peak of 3e-3
 with a 512-256 network reached 97.6% mean (97.5% worst of four seeds); SGD with Nesterov
@@ -44,6 +44,7 @@ class Recipe:
     label_smoothing: float = 0.1
     shift: int = 1
     hidden: tuple[int, ...] | None = None
+    dropout: float | None = None  # None: the model's own default
 
 
 #: Per-model recipes; a model without one trains with :data:`DEFAULT` (AdamW, the forgiving
@@ -54,7 +55,7 @@ RECIPES: dict[str, Recipe] = {
         loss="mse", opt="adam", lr=1e-3, epochs=10, label_smoothing=0.0, shift=0, weight_decay=0.0
     ),
     "mlp": Recipe(opt="adamw", lr=3e-3, hidden=(512, 256)),
-    # The settings measured in benchmarks/results-layers.md (98.3% on mnist-sample).
+    # The settings measured in benchmarks/RESULTS.md (98.3% on mnist-sample).
     "cnn": Recipe(opt="adamw", lr=1e-2, epochs=10, bs=64, shift=0),
 }
 DEFAULT = Recipe()

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         result.confusion,
         classes,
         out,
-        title=f"{trained.ckpt.path.name} on {dataset.name} {split_name}",
+        title=f"{trained.ckpt.path.parent.name}/{trained.ckpt.path.name} on {dataset.name} "
+        f"{split_name}",
     )
     console.print(_table(result.confusion, classes))
     console.print(
@@ -99,7 +100,7 @@ def _table(matrix: Any, classes: list[str]) -> Table:
     t = Table(title="confusion matrix (rows: true class, columns: predicted)")
     t.add_column("true \\ pred", justify="right")
     for c in classes:
-        t.add_column(c[:10], justify="right")
+        t.add_column(c[:12], justify="right")
     t.add_column("recall", justify="right")
     for i, c in enumerate(classes):
         row = matrix[i]

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         "data",
         "model",
         "hidden",
+        "dropout",
         "bs",
         "opt",
         "weight_decay",
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         "seed",
         "device",
         "quiet",
+        "threads",
     )
     given = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     if "hidden" in given:

@@ -119,8 +119,10 @@ class DataLoader:
             return None
         g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
         perm = torch.randperm(len(self.x), generator=g)  # (N,) the same on every rank
-        lo = self.rank * self.shard_size
-        return perm[lo : lo + self.shard_size].to(self.x.device)  # (shard,)
+        # Every world_size-th row: the ranks' k-th batches together are exactly the k-th
+        # batch of one process with world_size times the batch size (same steps, any W).
+        kept = perm[: self.shard_size * self.world_size]  # (shard * W,)
+        return kept[self.rank :: self.world_size].to(self.x.device)  # (shard,)
 
     def __len__(self) -> int:
         if self.drop_last:

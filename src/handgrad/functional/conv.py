@@ -20,7 +20,7 @@ Two ways to compute it live here, with the same cache and the same gradients:
     forward map), and ``dW`` is the correlation of ``x`` with ``dy`` -- itself a convolution once
     batch and channel swap roles (stride and dilation swap too).
 
-Which is faster depends on the shape (numbers in ``benchmarks/results-layers.md``): lowering
+Which is faster depends on the shape (numbers in ``benchmarks/RESULTS.md``): lowering
 wins when a patch is short (``C/G * kh * kw`` small, e.g. a first layer on 1-channel images,
 where the direct kernel is poorly vectorised); for wider layers the column matrix is ``kh*kw``
 times the input and moving it through memory costs more than the arithmetic, so ``direct``

@@ -34,7 +34,7 @@ def linear_backward(
     """
     dx = dout @ weight.t() if need_dx else None  # (N, out) @ (out, in) -> (N, in)
     # For tall x, MKL computes the (out, in)-shaped product about 15% faster than the
-    # (in, out)-shaped one (benchmarks/results-perf.md); copying it into our layout is cheap.
+    # (in, out)-shaped one (benchmarks/RESULTS.md); copying it into our layout is cheap.
     tall = x.shape[0] >= TALL
     dweight = (
         (dout.t() @ x).t().contiguous()  # ((out, N) @ (N, in))^T -> (in, out)

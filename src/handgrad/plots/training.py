@@ -99,7 +99,10 @@ def plot_history(
             color="0.5",
         )
     ax_metric.margins(y=0.2)
-    ax_metric.set_ylabel("validation metric")
+    ax_metric.set_ylabel(
+        "validation "
+        + (metric_keys[0].removeprefix("valid_") if len(metric_keys) == 1 else "metric")
+    )
     ax_metric.grid(alpha=0.3)
 
     if step_lr:
