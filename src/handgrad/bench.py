@@ -615,7 +615,7 @@ def _w1(cfg: Config, input_grad: bool, fast_ok: bool) -> Workload:
     )
     tag = "with input grad" if input_grad else "no input grad"
     title = f"full batch fwd+bwd 784-50-1 MSE, {rows:,} rows, {tag}"
-    return Workload("W1", title, rows, cfg.rounds(9), variants, batch=rows)
+    return Workload("W1", title, rows, cfg.rounds(7), variants, batch=rows)
 
 
 def _train(
@@ -673,7 +673,7 @@ def _train(
     variants.append(Variant("GEMMs alone", lambda: GemmFloor(init, b), role="floor"))
     name = "SGD" if opt == "sgd" else "Adam"
     title = f"epoch {'-'.join(map(str, sizes))} CE {name}, batch {batch}, {rows:,} rows"
-    return Workload(key, title, rows, cfg.rounds(7), variants, batch=batch)
+    return Workload(key, title, rows, cfg.rounds(5), variants, batch=batch)
 
 
 #: W4: the cnn recipe's optimizer settings (AdamW, label smoothing 0.1; constant lr here).
@@ -718,7 +718,7 @@ def _w5(cfg: Config, batch: int, full: int, quick: int, fast_ok: bool) -> Worklo
     if fast_ok:
         variants.append(Variant("handgrad fast", lambda: HandgradInfer(init, x, batch, True)))
     title = f"inference 784-256-128-10, batch {batch:,}, {rows:,} rows"
-    return Workload("W5", title, rows, cfg.rounds(9), variants, batch=batch, unit="rows/s")
+    return Workload("W5", title, rows, cfg.rounds(7), variants, batch=batch, unit="rows/s")
 
 
 # ------------------------------------------------------------------------------ measuring
