@@ -25,14 +25,16 @@ How each number is measured:
 - **GFLOP/s**: the useful floating-point work of a run (matrix products and convolutions,
   counted by ``torch.utils.flop_counter.FlopCounterMode`` on one step of the PyTorch side) over
   the median time, and that as a fraction of this machine's single-precision GEMM peak, which
-  the bench measures itself (best of several large ``torch.mm`` calls).
+  the bench measures itself (the best of several large ``torch.mm`` calls, at the start and at
+  the end of the run).
 - **Peak memory**: after all the timing, each variant runs once more in a fresh Python process
   (several side by side: resident memory does not depend on the neighbours; one thread, one
   malloc arena, so that per-thread heaps add no noise): data and model are built and one step
   warms the libraries up, freed heap memory is returned to the system (``malloc_trim``), the
   kernel's peak-RSS counter is reset (``/proc/self/clear_refs``), the workload runs, and the
   peak is ``VmHWM - VmRSS`` before it: the extra resident memory the workload needed on top
-  of its inputs (median of ``--memory-repeats`` processes). Linux only; elsewhere ``n/a``.
+  of its inputs (median of ``--memory-repeats`` processes; the target counts differences up
+  to 128 KiB as equal). Linux only; elsewhere ``n/a``.
 - **Correctness guard**: before timing, each handgrad variant and PyTorch take one step from the
   same weights on the same batch (dropout off: the two libraries cannot draw the same masks);
   the gradients, parameters (and loss, outputs or input gradient) must agree to
@@ -68,6 +70,10 @@ from torch import Tensor, nn
 
 from .layers import Linear, ReLU
 from .module import Module, Sequential
+
+#: Peak-memory differences up to this many bytes count as equal: RSS moves in pages and
+#: malloc's chunks, and two runs of the same workload differ by this much.
+MEMORY_SLACK = 128 * 1024
 
 #: ``max|a - b| <= GUARD_RTOL * max|b|`` for every tensor the guard compares.
 GUARD_RTOL = 2e-4
@@ -940,10 +946,16 @@ def run_bench(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> 
                 row.speedup = torch_median / row.median
             if flops > 0:
                 row.gflops = flops / row.median / 1e9
-                row.peak_fraction = flops / row.median / peak
             if row.baseline and row.baseline in rows:
                 row.overhead = row.median / rows[row.baseline].median - 1.0
         results.append(Result(w.key, w.title, w.unit, w.rows, flops, list(rows.values())))
+    # The peak again at the end, the better of the two: a neighbour's burst during one
+    # measurement would otherwise inflate every "of peak" figure.
+    peak = max(peak, gemm_peak(1024 if cfg.quick or cfg.rows else 2048))
+    for r in results:
+        for row in r.results:
+            if row.gflops is not None:
+                row.peak_fraction = row.gflops * 1e9 / peak
     if cfg.memory:
         # After all the timing: the fresh processes run side by side (memory is not time).
         jobs = [
@@ -1034,14 +1046,14 @@ def targets(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ref = next(r for r in w["results"] if r["role"] == "torch")
         for r in w["results"]:
             if r["role"] == "handgrad" and r["peak_bytes"] is not None and ref["peak_bytes"]:
-                excess = (r["peak_bytes"] - ref["peak_bytes"]) / 2**20
-                note = " (within the ~1 MiB resolution of RSS)" if 0 < excess <= 1 else ""
+                excess = r["peak_bytes"] - ref["peak_bytes"]
+                note = " (within the ~1 MiB resolution of RSS)" if 0 < excess <= 2**20 else ""
                 out.append(
                     {
                         "target": f"{w['key']} ({w['title']}): {r['label']} peak memory <= torch",
                         "value": f"{r['peak_bytes'] / 2**20:.1f} vs "
                         f"{ref['peak_bytes'] / 2**20:.1f} MiB{note}",
-                        "met": r["peak_bytes"] <= ref["peak_bytes"],
+                        "met": excess <= MEMORY_SLACK,
                     }
                 )
     return out
