@@ -18,6 +18,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataLoader, Dataset, Split, load_dataset
 from .devices import resolve_device
 from .errors import HandgradError
+from .fast import FastStep
+from .fast.learner import FastLearner
 from .gradcheck import CheckReport, gradcheck
 from .init import init_model, lsuv_init
 from .layers import (
@@ -93,6 +95,8 @@ __all__ = [
     "Dataset",
     "Dropout",
     "EarlyStopping",
+    "FastLearner",
+    "FastStep",
     "Flatten",
     "GeneralRelu",
     "GlobalAvgPool",
