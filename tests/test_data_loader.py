@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from handgrad.data import DataLoader, pixel_stats
+from handgrad.data import DataLoader, hugepages, pixel_stats
+from handgrad.data import loader as loader_module
 
 N = 103  # not a multiple of the batch size, nor of the world sizes used below
 
@@ -168,3 +171,59 @@ def test_pixel_stats_match_float64_torch(rows):
     ref_std, ref_mean = torch.std_mean(x.double())
     assert mean == pytest.approx(float(ref_mean), rel=1e-12)
     assert std == pytest.approx(float(ref_std), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- huge pages
+def big_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    """Just over HUGEPAGE_MIN bytes of float32 rows (the size at which the loader copies)."""
+    n = loader_module.HUGEPAGE_MIN // (64 * 4) + 5
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_huge_page_copy_gives_the_same_batches(normalize):
+    x, y = big_rows()
+    before = x.clone()
+    stats = {"mean": 0.5, "std": 0.25} if normalize else {}
+    paged = DataLoader(x, y, 256, shuffle=True, seed=3, **stats)
+    plain = DataLoader(x, y, 256, shuffle=True, seed=3, hugepages=False, **stats)
+    assert (paged.x is not x) and (normalize or plain.x is x)
+    for (xa, ya), (xb, yb) in zip(paged, plain, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)  # bitwise: same values, same order
+    assert torch.equal(x, before)
+
+
+@pytest.mark.skipif(not hugepages.available(), reason="no transparent huge pages here")
+def test_huge_page_memory_is_aligned_and_marked_for_huge_pages():
+    t = hugepages.empty((3 * hugepages.HUGE_PAGE // 4,), torch.float32)  # 3 huge pages
+    assert t is not None and t.data_ptr() % hugepages.HUGE_PAGE == 0
+    t.fill_(1.0)
+    # The mapping that holds the tensor carries the MADV_HUGEPAGE flag ("hg" in VmFlags);
+    # whether the kernel finds free huge pages for it at this moment is up to the kernel.
+    entry = mapping_of(t.data_ptr())
+    assert "hg" in entry["VmFlags"].split()
+
+
+def mapping_of(address: int) -> dict[str, str]:
+    """The /proc/self/smaps entry (field -> value) of the mapping that contains ``address``."""
+    entry: dict[str, str] = {}
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:  # "start-end perms ..." opens a new mapping
+            start, end = (int(v, 16) for v in head.split("-"))
+            if inside:
+                break
+            inside = start <= address < end
+        elif inside:
+            key, _, value = line.partition(":")
+            entry[key] = value.strip()
+    return entry
+
+
+def test_small_or_sequential_splits_are_not_copied():
+    x, y = big_rows()
+    assert DataLoader(x, y, 64).x is x  # sequential: views of x itself
+    small_x, small_y = rows()
+    assert DataLoader(small_x, small_y, 8, shuffle=True).x is small_x
