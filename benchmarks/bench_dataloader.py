@@ -249,5 +249,6 @@ def main() -> None:
         f"(gathers + steps on them, versus steps on ready batches); target < 5%: {verdict}"
     )
 
+
 if __name__ == "__main__":
     main()
