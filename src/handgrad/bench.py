@@ -177,7 +177,15 @@ def torch_mlp(init: Init) -> nn.Sequential:
 def torch_twin(model: Module) -> nn.Module:
     """The ``torch.nn`` network computing what a handgrad ``Sequential`` computes, with the
     same weights (``Linear`` transposed to PyTorch's (out, in)) and running statistics."""
-    from .layers import BatchNorm2d, Conv2d, Dropout, GlobalAvgPool, Reshape
+    from .layers import (
+        BatchNorm2d,
+        BatchNormReLU2d,
+        Conv2d,
+        Dropout,
+        GlobalAvgPool,
+        Identity,
+        Reshape,
+    )
 
     if not isinstance(model, Sequential):
         raise TypeError(f"torch_twin: expected a Sequential, got {type(model).__name__}")
@@ -193,10 +201,14 @@ def torch_twin(model: Module) -> nn.Module:
                 g.dilation, g.groups, bias=layer.bias is not None,
             )  # fmt: skip
             _copy(t, weight=layer.weight, bias=layer.bias)
-        elif isinstance(layer, BatchNorm2d):
+        elif isinstance(layer, BatchNorm2d | BatchNormReLU2d):
             t = nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum, layer.affine)
             _copy(t, weight=layer.weight, bias=layer.bias)
             _copy(t, running_mean=layer.running_mean, running_var=layer.running_var)
+            if isinstance(layer, BatchNormReLU2d):  # PyTorch's usual pair of modules
+                t = nn.Sequential(t, nn.ReLU())
+        elif isinstance(layer, Identity):  # a placeholder (see models.cnn): nothing to run
+            continue
         elif isinstance(layer, ReLU):
             t = nn.ReLU()
         elif isinstance(layer, Reshape):

@@ -66,10 +66,12 @@ from .layers import (
     AvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
+    BatchNormReLU2d,
     Conv2d,
     Dropout,
     Flatten,
     GlobalAvgPool,
+    Identity,
     LayerNorm,
     LeakyReLU,
     Linear,
@@ -423,6 +425,14 @@ class TorchGlobalAvgPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+class TorchBatchNormReLU2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` then a ReLU, with ``nn.BatchNorm2d``'s parameters and state-dict
+    names: the twin of handgrad's fused ``BatchNormReLU2d`` (PyTorch has no such module)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(super().forward(x))
+
+
 def _only_if(ok: bool, what: str) -> None:
     if not ok:
         raise TypeError(f"no handgrad equivalent for {what}")
@@ -472,6 +482,8 @@ register(BatchNorm1d, nn.BatchNorm1d, lambda m: nn.BatchNorm1d(*_bn_args(m)),
          lambda t: BatchNorm1d(*_bn_args(t)), BN)
 register(BatchNorm2d, nn.BatchNorm2d, lambda m: nn.BatchNorm2d(*_bn_args(m)),
          lambda t: BatchNorm2d(*_bn_args(t)), BN)
+register(BatchNormReLU2d, TorchBatchNormReLU2d, lambda m: TorchBatchNormReLU2d(*_bn_args(m)),
+         lambda t: BatchNormReLU2d(*_bn_args(t)), BN)
 register(LayerNorm, nn.LayerNorm,
          lambda m: nn.LayerNorm(m.normalized_shape, m.eps, m.weight is not None, bias=_has_bias(m)),
          lambda t: LayerNorm(t.normalized_shape, t.eps, t.elementwise_affine, bias=_has_bias(t)),
@@ -485,6 +497,7 @@ register(GlobalAvgPool, TorchGlobalAvgPool, lambda m: TorchGlobalAvgPool(),
          lambda t: GlobalAvgPool())
 register(Flatten, nn.Flatten, lambda m: nn.Flatten(), _flatten_from_torch)
 register(Reshape, nn.Unflatten, lambda m: nn.Unflatten(1, m.shape), _unflatten_to_reshape)
+register(Identity, nn.Identity, lambda m: nn.Identity(), lambda t: Identity())
 register(Dropout, nn.Dropout, lambda m: nn.Dropout(m.p), lambda t: Dropout(t.p))
 register(ReLU, nn.ReLU, lambda m: nn.ReLU(), lambda t: ReLU())
 register(LeakyReLU, nn.LeakyReLU, lambda m: nn.LeakyReLU(m.negative_slope),

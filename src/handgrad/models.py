@@ -14,9 +14,11 @@ import torch
 from .functional.conv import Method
 from .layers import (
     BatchNorm2d,
+    BatchNormReLU2d,
     Conv2d,
     Dropout,
     GlobalAvgPool,
+    Identity,
     Linear,
     ReLU,
     Reshape,
@@ -68,6 +70,7 @@ def cnn(
     kernel_size: int = 3,
     dropout: float = 0.1,
     method: Method = "auto",
+    fused: bool = True,
     generator: torch.Generator | None = None,
 ) -> Module:
     """A small all-convolutional net for 28x28 one-channel images given as (N, 784) rows.
@@ -83,6 +86,12 @@ def cnn(
     About 246,000 parameters and 5.5 million multiply-adds per image forward with the
     defaults. The convolutions have no bias (the batch norm's ``beta`` plays that role) and
     Kaiming-initialised weights (they feed ReLUs); the head is initialised with gain 1.
+
+    ``fused=True`` (the default) computes each block's batch norm and ReLU in one layer,
+    :class:`~handgrad.layers.BatchNormReLU2d` (the same numbers, fewer passes over memory
+    and one activation fewer kept for the backward), followed by an ``Identity`` where the
+    ``ReLU`` was: block ``i`` stays layers ``3i+1..3i+3``, so the state-dict names, and every
+    checkpoint saved either way, are the same. ``fused=False`` builds the separate layers.
     """
     side = math.isqrt(in_features)
     if side * side != in_features:
@@ -98,8 +107,7 @@ def cnn(
         layers += [
             Conv2d(width, out, kernel_size, stride=stride, padding=kernel_size // 2, bias=False,
                    method=method, generator=generator),
-            BatchNorm2d(out),
-            ReLU(),
+            *([BatchNormReLU2d(out), Identity()] if fused else [BatchNorm2d(out), ReLU()]),
         ]  # fmt: skip
         width = out
     layers.append(GlobalAvgPool())

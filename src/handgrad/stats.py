@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .layers import Flatten, ReLU, Reshape
+from .layers import BatchNormReLU2d, Flatten, ReLU, Reshape
 from .learner import Callback, Learner
 from .module import HookHandle, Module
 
@@ -451,7 +451,7 @@ def dead_units(
     x: Tensor,
     *,
     batch_size: int = 1024,
-    kinds: tuple[type[Module], ...] = (ReLU,),
+    kinds: tuple[type[Module], ...] = (ReLU, BatchNormReLU2d),
 ) -> list[DeadUnits]:
     """Run ``model`` on every row of ``x`` (in eval mode, restoring the mode after) and report,
     for each module of a type in ``kinds``, the units whose output was ``<= 0`` for every row.

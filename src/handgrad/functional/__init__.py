@@ -35,7 +35,14 @@ from .conv import ConvGeometry, col2im, conv2d_backward, conv2d_forward, im2col
 from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
-from .norm import batchnorm_backward, batchnorm_forward, layernorm_backward, layernorm_forward
+from .norm import (
+    batchnorm_backward,
+    batchnorm_forward,
+    batchnorm_relu_backward,
+    batchnorm_relu_forward,
+    layernorm_backward,
+    layernorm_forward,
+)
 from .pool import (
     avgpool2d_backward,
     avgpool2d_forward,
@@ -51,6 +58,8 @@ __all__ = [
     "avgpool2d_forward",
     "batchnorm_backward",
     "batchnorm_forward",
+    "batchnorm_relu_backward",
+    "batchnorm_relu_forward",
     "col2im",
     "conv2d_backward",
     "conv2d_forward",

@@ -8,20 +8,22 @@ from .activations import GELU, GeneralRelu, LeakyReLU, Mish, ReLU, Sigmoid, SiLU
 from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Linear
-from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from .norm import BatchNorm1d, BatchNorm2d, BatchNormReLU2d, LayerNorm
 from .pool import AvgPool2d, GlobalAvgPool, MaxPool2d
-from .reshape import Flatten, Reshape
+from .reshape import Flatten, Identity, Reshape
 
 __all__ = [
     "GELU",
     "AvgPool2d",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNormReLU2d",
     "Conv2d",
     "Dropout",
     "Flatten",
     "GeneralRelu",
     "GlobalAvgPool",
+    "Identity",
     "LayerNorm",
     "LeakyReLU",
     "Linear",

@@ -1,8 +1,10 @@
-"""Normalisation layers: ``BatchNorm1d``, ``BatchNorm2d`` and ``LayerNorm``."""
+"""Normalisation layers: ``BatchNorm1d``, ``BatchNorm2d``, ``BatchNormReLU2d`` (batch norm
+and a ReLU in one layer) and ``LayerNorm``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -37,6 +39,7 @@ class _BatchNorm(Module):
 
     ranks: tuple[int, ...] = ()
     shape_text = ""
+    relu: ClassVar[bool] = False  # BatchNormReLU2d: a ReLU applied in the same pass
 
     def __init__(
         self,
@@ -73,8 +76,9 @@ class _BatchNorm(Module):
                 f"{self._label()}: expected input {self.shape_text.format(C=self.num_features)}, "
                 f"got {tuple(x.shape)}"
             )
+        forward = F.batchnorm_relu_forward if self.relu else F.batchnorm_forward
         if not (self.training or not self.track_running_stats):  # evaluation: running stats
-            out, _ = F.batchnorm_forward(
+            out, _ = forward(
                 x, self.weight, self.bias, self.running_mean, self.running_var,
                 training=False, eps=self.eps,
             )  # fmt: skip
@@ -85,7 +89,7 @@ class _BatchNorm(Module):
             self.num_batches_tracked.add_(1)
             if momentum is None:  # cumulative moving average of all batches so far
                 momentum = 1.0 / float(self.num_batches_tracked)
-        out, cache = F.batchnorm_forward(
+        out, cache = forward(
             x,
             self.weight,
             self.bias,
@@ -100,9 +104,15 @@ class _BatchNorm(Module):
 
     def bwd(self, out: Tensor, x: Tensor) -> None:
         (cache,) = self.saved
-        dx, dgamma, dbeta = F.batchnorm_backward(
-            out.g, cache, affine=self.affine, need_dx=self.needs_input_grad[0]
-        )
+        need_dx = self.needs_input_grad[0]
+        if self.relu:  # the ReLU's mask is read from the output, `y > 0`
+            dx, dgamma, dbeta = F.batchnorm_relu_backward(
+                out.g, out, cache, affine=self.affine, need_dx=need_dx
+            )
+        else:
+            dx, dgamma, dbeta = F.batchnorm_backward(
+                out.g, cache, affine=self.affine, need_dx=need_dx
+            )
         if self.affine:
             self.weight.g, self.bias.g = dgamma, dbeta
         if dx is not None:
@@ -128,6 +138,24 @@ class BatchNorm2d(_BatchNorm):
 
     ranks = (4,)
     shape_text = "(N, {C}, H, W)"
+
+
+class BatchNormReLU2d(_BatchNorm):
+    """``BatchNorm2d`` followed by ``ReLU``, in one layer: ``y = max(bn(x), 0)``.
+
+    The same parameters, buffers, state-dict names and numbers as ``BatchNorm2d(C)`` then
+    ``ReLU()`` (up to float rounding), but faster and lighter: the forward writes the
+    normalised, scaled, shifted and clamped values in one buffer, the backward takes the
+    ReLU's mask from the output (``y > 0``) on its way into the batch-norm backward, and the
+    batch norm's own output (the ReLU's input) is never kept for the backward. Evaluation
+    uses the running statistics, as ``BatchNorm2d`` does. See
+    :func:`handgrad.functional.batchnorm_relu_forward`.
+    """
+
+    ranks = (4,)
+    shape_text = "(N, {C}, H, W)"
+    relu = True
+    init_nonlinearity: ClassVar[str] = "relu"  # a conv feeding it takes Kaiming's gain
 
 
 class LayerNorm(Module):

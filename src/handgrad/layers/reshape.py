@@ -1,4 +1,5 @@
-"""Shape-only layers: ``Flatten`` and ``Reshape``. The backward only restores the shape."""
+"""Shape-only layers: ``Flatten``, ``Reshape`` and ``Identity``. The backward only restores
+the shape (or, for ``Identity``, passes the gradient through)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,15 @@ class Reshape(Module):
 
     def extra_repr(self) -> str:
         return ", ".join(map(str, self.shape))
+
+
+class Identity(Module):
+    """``y = x``; ``dx = dy``. A placeholder: e.g. the ``cnn`` model puts one where its
+    separate ``ReLU`` used to be, so that layer numbers, and the state-dict names of
+    checkpoints saved before the fused ``BatchNormReLU2d``, stay the same."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.view_as(x)  # a new tensor object, so input and output keep their own .g
+
+    def bwd(self, out: Tensor, x: Tensor) -> None:
+        x.g = out.g
