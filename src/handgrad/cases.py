@@ -19,11 +19,13 @@ from .layers import (
     AvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
+    BatchNormReLU2d,
     Conv2d,
     Dropout,
     Flatten,
     GeneralRelu,
     GlobalAvgPool,
+    Identity,
     LayerNorm,
     LeakyReLU,
     Linear,
@@ -105,6 +107,24 @@ def batchnorm_reference(m: BatchNorm1d | BatchNorm2d, x: Tensor) -> Tensor:
     return TF.batch_norm(x, None, None, plain(m.weight), plain(m.bias), True, 0.0, m.eps)
 
 
+def batchnorm_relu_reference(m: BatchNormReLU2d, x: Tensor) -> Tensor:
+    return TF.relu(batchnorm_reference(m, x))
+
+
+def affine_bn(cls: type[BatchNorm2d | BatchNormReLU2d], c: int) -> Maker:
+    """A batch norm with non-trivial ``gamma`` and ``beta`` drawn from the case's generator
+    (ones and zeros would leave terms of the backward formula unexercised)."""
+
+    def make(g: torch.Generator) -> Module:
+        m = cls(c)
+        with torch.no_grad():
+            m.weight.copy_(torch.randn(c, generator=g))
+            m.bias.copy_(torch.randn(c, generator=g))
+        return m
+
+    return make
+
+
 def layernorm_reference(m: LayerNorm, x: Tensor) -> Tensor:
     return TF.layer_norm(x, m.normalized_shape, plain(m.weight), plain(m.bias), m.eps)
 
@@ -171,6 +191,11 @@ CASES: list[Case] = [
     # normalisation and dropout
     Case("BatchNorm1d", lambda g: BatchNorm1d(4), randn(5, 4), batchnorm_reference),
     Case("BatchNorm2d", lambda g: BatchNorm2d(3), randn(2, 3, 3, 3), batchnorm_reference),
+    Case("BatchNormReLU2d", affine_bn(BatchNormReLU2d, 3), randn(2, 3, 3, 3),
+         batchnorm_relu_reference),
+    Case("BatchNormReLU2d batch 1", affine_bn(BatchNormReLU2d, 2), randn(1, 2, 3, 3),
+         batchnorm_relu_reference),
+    Case("Identity", lambda g: Identity(), randn(2, 3), lambda m, x: x),
     Case("LayerNorm", lambda g: LayerNorm(6), randn(3, 6), layernorm_reference),
     Case("Dropout p=0.5", lambda g: Dropout(0.5), randn(4, 6), dropout_reference),
     # activations
