@@ -37,9 +37,12 @@ def separate(norm: ModuleType) -> Callable[..., None]:
     return step
 
 
-def fused(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, dy: torch.Tensor) -> None:
-    y, cache = F.batchnorm_relu_forward(x, gamma, beta, None, None, training=True)
-    F.batchnorm_relu_backward(dy, y, cache)
+def fused(norm: ModuleType) -> Callable[..., None]:
+    def step(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, dy: torch.Tensor) -> None:
+        y, cache = norm.batchnorm_relu_forward(x, gamma, beta, None, None, training=True)
+        norm.batchnorm_relu_backward(dy, y, cache)
+
+    return step
 
 
 def torch_autograd(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, dy: torch.Tensor):
@@ -68,8 +71,11 @@ def main() -> None:
         data.append((x, torch.rand(c) + 0.5, torch.randn(c), torch.randn_like(x)))
     runs: dict[str, Callable[..., None]] = {"torch autograd": torch_autograd}
     if args.before:
-        runs["separate, before"] = separate(load(args.before))
-    runs |= {"separate": separate(F.norm), "fused": fused}
+        before = load(args.before)
+        runs["separate, before"] = separate(before)
+        if hasattr(before, "batchnorm_relu_forward"):
+            runs["fused, before"] = fused(before)
+    runs |= {"separate": separate(F.norm), "fused": fused(F.norm)}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.repeats + 1):
         for name, fn in runs.items():  # alternating

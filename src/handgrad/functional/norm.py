@@ -157,17 +157,24 @@ def _bn_backward(
     x, mean, inv_std, gamma, dims = cache
     m = _count(x, dims)
     x3 = x.reshape(dy.shape)  # (N, C, L), as in the forward
-    xhat = torch.addcmul(_plane(-mean * inv_std, x3), x3, _plane(inv_std, x3))  # recomputed
+    # One activation-sized buffer does three jobs, so that the backward allocates nothing
+    # else (a fresh buffer of that size costs page faults, measured as much as two passes):
+    # xhat (recomputed), then dy * xhat (summed), then dx.
+    buf = torch.addcmul(_plane(-mean * inv_std, x3), x3, _plane(inv_std, x3))  # xhat
     sum_dy = dy.sum(2).sum(0).view(1, -1, 1)  # (1, C, 1)
-    sum_dy_xhat = (dy * xhat).sum(2).sum(0).view(1, -1, 1)  # (1, C, 1)
+    sum_dy_xhat = buf.mul_(dy).sum(2).sum(0).view(1, -1, 1)  # (1, C, 1)
     dgamma = sum_dy_xhat.view(-1) if affine else None
     dbeta = sum_dy.view(-1) if affine else None
     if not need_dx:
         return None, dgamma, dbeta
     a = inv_std if gamma is None else gamma * inv_std  # (1, C, 1)
     k = a * (-1.0 / m)  # (1, C, 1)
-    # dx = a/M (M dy - sum(dy) - xhat sum(dy xhat)) = a dy + k sum(dy xhat) xhat + k sum(dy)
-    dx = torch.addcmul(_plane(k * sum_dy, x3), xhat, _plane(k * sum_dy_xhat, x3), out=xhat)
+    # dx = a/M (M dy - sum(dy) - xhat sum(dy xhat)) = a dy + b xhat + c, with b = k sum(dy
+    # xhat) and c = k sum(dy); xhat = (x - mean) inv_std, so b xhat + c = x b' + c' with
+    # b' = b inv_std, c' = c - b' mean: xhat is folded in, as it was computed above.
+    b = k * sum_dy_xhat * inv_std  # (1, C, 1)
+    c = torch.addcmul(k * sum_dy, b, mean, value=-1.0)  # (1, C, 1)
+    dx = torch.addcmul(_plane(c, x3), x3, _plane(b, x3), out=buf)  # (N, C, L), in buf
     return dx.addcmul_(dy, a).view(x.shape), dgamma, dbeta  # (one broadcast operand: fast)
 
 
