@@ -173,3 +173,28 @@ def test_checkpoint_of_the_separate_cnn_loads_into_the_fused_one(tmp_path: Path)
     new.eval()
     x = torch.rand(4, 64)
     torch.testing.assert_close(new(x), old(x))
+
+
+def test_sequential_skips_the_input_gradient_behind_parameterless_leading_layers() -> None:
+    """The cnn's first conv follows a Reshape: with need_input_grad=False its input gradient
+    is not computed, nothing stays pending, and the parameter gradients are unchanged."""
+    model = small_cnn(True)
+    conv = model[1]
+    seen: list[object] = []
+    conv.register_backward_hook(lambda m, dout, grads: seen.append(grads[0]))
+    x = torch.rand(4, 64)
+    model(x)
+    assert model.backward(torch.ones(4, 3), need_input_grad=False) is None
+    assert seen == [None] and all(m.pending == 0 for m in model.modules())
+    grads = [p.g.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x)
+    dx = model.backward(torch.ones(4, 3))  # wanted: every layer back-propagates
+    assert dx.shape == x.shape and seen[-1] is not None
+    for p, g in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.g, g)
+    hooked = []  # a backward hook on the leading layer keeps it back-propagated
+    model[0].register_backward_hook(lambda m, dout, grads: hooked.append(dout.shape))
+    model(x)
+    model.backward(torch.ones(4, 3), need_input_grad=False)
+    assert hooked == [(4, 1, 8, 8)]

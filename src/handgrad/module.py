@@ -499,10 +499,28 @@ class Sequential(Module):
 
     def bwd(self, out: Tensor, x: Tensor) -> None:
         g = out.g
-        for i in range(len(self.layers) - 1, -1, -1):
-            # The first layer's input gradient is only computed when someone wants it.
-            g = self.layers[i].backward(g, need_input_grad=i > 0 or self.needs_input_grad[0])
-        x.g = g
+        # An input gradient is computed only when someone wants it: the caller (for layer 0),
+        # or a layer before that learns. Leading layers without parameters or sub-modules
+        # (the cnn's Reshape) need none, so the first layer after them skips its input
+        # gradient (for the cnn's first conv: a product and a col2im per batch), and they are
+        # only popped (their forward context dropped), not back-propagated.
+        lead = 0 if self.needs_input_grad[0] else self._parameterless_lead()
+        for i in range(len(self.layers) - 1, lead - 1, -1):
+            g = self.layers[i].backward(g, need_input_grad=i > lead or self.needs_input_grad[0])
+        for i in range(lead - 1, -1, -1):
+            self.layers[i].__dict__["_pending"].pop()
+        x.g = g if lead == 0 else None
+
+    def _parameterless_lead(self) -> int:
+        """How many leading layers are leaves without parameters or backward hooks (whose
+        backward has nothing to give, or to show, when the model's input needs no gradient)."""
+        n = 0
+        for layer in self.layers[:-1]:
+            d = layer.__dict__
+            if layer._own_parameter_tuple() or d.get("_backward_hooks") or any(layer._children()):
+                break
+            n += 1
+        return n
 
     def __getitem__(self, i: int) -> Module:
         return self.layers[i]
