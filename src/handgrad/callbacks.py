@@ -210,6 +210,8 @@ class Progress(Callback):
                 rp.TimeRemainingColumn(),
                 console=self.console,
                 transient=True,
+                # Rendering the bar costs about a millisecond: as often as it advances.
+                refresh_per_second=1 / self.refresh,
             )
             self._bar.start()
 

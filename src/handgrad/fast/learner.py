@@ -54,8 +54,13 @@ class FastLearner(Learner):
     @property
     def fused(self) -> bool:
         """Whether the next training batch also updates the weights inside the compiled call."""
-        handlers = self._handlers
-        return self.fast_update.fused and not any(handlers[e] for e in self.GRADIENT_EVENTS)
+        return self.fast_update.fused and not self._listening
+
+    def _rebuild_handlers(self) -> None:
+        super()._rebuild_handlers()
+        # Whether any callback listens between a forward pass and its finished update; the
+        # handlers change only here, so a batch checks one flag instead of four lists.
+        self._listening = any(self._handlers[e] for e in self.GRADIENT_EVENTS)
 
     def predict(self) -> None:
         if self.training:
