@@ -267,3 +267,44 @@ def test_sgd_over_other_parameters_is_not_fused(compiled) -> None:
     step(*batches(1, 8, 10, torch.float32)[0])
     changed = [not torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True)]
     assert changed == [True, True, False, False]  # only what the optimizer owns moved
+
+
+# --------------------------------------------------------------- tall batches, in row blocks
+@pytest.mark.parametrize(
+    ("loss", "input_grad", "with_opt"),
+    [("ce-smooth", False, False), ("ce", True, False), ("mse", True, False), ("ce", False, True)],
+)
+def test_tall_batch_in_blocks_gives_the_readable_gradients(compiled, loss, input_grad, with_opt):
+    """A batch of 4,096 rows or more runs block by block in C++ (each block forward and back at
+    once); the gradients, the loss, the input gradient and an SGD update equal the readable
+    path's to 1e-10 in float64 (only the order of the additions differs)."""
+    regression = loss == "mse"
+    ((x, y),) = batches(1, 4096 + 100, 10, torch.float64, regression)  # 5 blocks, the last short
+    out = []
+    for use_fast in (False, True):
+        gen = torch.Generator().manual_seed(6)
+        kw = {} if regression else {"hidden": (20,)}
+        model = build_model("lesson" if regression else "mlp", generator=gen, **kw).double()
+        loss_fn = MSELoss() if regression else CrossEntropyLoss(0.1 if "smooth" in loss else 0.0)
+        opt = SGD(model.parameters(), lr=0.1, weight_decay=0.01) if with_opt else None
+        if use_fast:
+            step = FastStep(model, loss_fn, opt)
+            step._python = lambda *a: pytest.fail("the compiled step fell back to Python")
+            preds, value, dx = step(x, y, input_grad=input_grad)
+        else:
+            preds = model(x)
+            value = loss_fn(preds, y)
+            dx = model.backward(loss_fn.backward()[0], need_input_grad=input_grad)
+            if opt is not None:
+                opt.step()
+                opt.zero_grad()
+        grads = [p.g for p in model.parameters()]
+        out.append((preds, value, dx, grads, [p.detach().clone() for p in model.parameters()]))
+    (p0, l0, dx0, g0, w0), (p1, l1, dx1, g1, w1) = out
+    tol = {"rtol": 1e-10, "atol": 1e-13}
+    torch.testing.assert_close(p1, p0, **tol)
+    torch.testing.assert_close(l1, l0, **tol)
+    if input_grad:
+        torch.testing.assert_close(dx1, dx0, **tol)
+    for a, b in zip(g1 + w1, g0 + w0, strict=True):
+        torch.testing.assert_close(a, b, **tol)

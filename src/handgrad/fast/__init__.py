@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -73,8 +74,11 @@ def load_extension() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
+        # The source's hash in the name: two versions of handgrad (two checkouts, an upgrade)
+        # never load each other's build from the shared cache.
+        digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
         _extension = load(
-            name="handgrad_fast_mlp",
+            name=f"handgrad_fast_mlp_{digest}",
             sources=[str(_SOURCE)],
             extra_cflags=["-O2"],
             verbose=False,
