@@ -18,7 +18,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/mm.h>
@@ -45,17 +44,16 @@ enum LossKind : int64_t { kCrossEntropy = 0, kMSE = 1 };
 // Above it, ATen's vectorised, multi-threaded kernels win.
 constexpr int64_t kSmall = 1 << 16;
 
-// Cross-entropy forward and backward in one pass over the rows of z (n, C), which are n of the
-// batch's N rows (all of them, or one block):
+// Cross-entropy forward and backward in one pass over the rows of z (N, C):
 //   log p_nc = z_nc - m_n - log(sum_c exp(z_nc - m_n)),  m_n = max_c z_nc (no overflow);
 //   L = -(1/N) sum_n [(1 - eps) log p_{n,y_n} + (eps / C) sum_c log p_nc];
 //   d = dL/dz = (p - t) / N,  t = (1 - eps) onehot(y) + eps / C.
-// Returns these rows' part of L (accumulated in double); writes their d.
+// Returns L (accumulated in double); writes d.
 template <typename T>
 double cross_entropy_fused(const T* z, const int64_t* y, T* d, int64_t n, int64_t c,
-                           double eps, int64_t n_total) {
+                           double eps) {
   double total = 0.0;
-  const T inv_n = T(1) / static_cast<T>(n_total);
+  const T inv_n = T(1) / static_cast<T>(n);
   const T uniform = static_cast<T>(eps / static_cast<double>(c));
   for (int64_t i = 0; i < n; ++i) {
     const T* zi = z + i * c;
@@ -80,15 +78,14 @@ double cross_entropy_fused(const T* z, const int64_t* y, T* d, int64_t n, int64_
     for (int64_t j = 0; j < c; ++j) di[j] = (di[j] * inv_sum - uniform) * inv_n;
     di[label] -= static_cast<T>(1.0 - eps) * inv_n;
   }
-  return total / static_cast<double>(n_total);
+  return total / static_cast<double>(n);
 }
 
 // ReLU backward and the bias gradient in one pass: d <- d * (h > 0) in place (h is the ReLU's
-// output: positive exactly where its input was), db_j = sum_n d_nj (added to db's values
-// when accumulate). Either step may be off.
+// output: positive exactly where its input was), db_j = sum_n d_nj. Either step may be off.
 template <typename T>
-void relu_bias_backward(T* d, const T* h, T* db, int64_t n, int64_t m, bool accumulate) {
-  if (db != nullptr && !accumulate) std::fill(db, db + m, T(0));
+void relu_bias_backward(T* d, const T* h, T* db, int64_t n, int64_t m) {
+  if (db != nullptr) std::fill(db, db + m, T(0));
   for (int64_t i = 0; i < n; ++i) {
     T* di = d + i * m;
     if (h != nullptr) {
@@ -140,113 +137,10 @@ Tensor mlp_predict(const Tensor& x, const std::vector<Tensor>& weights,
   return forward(x, weights, biases, relu_after).back();
 }
 
-// Rows from which a batch counts as tall. On the CPU a tall batch runs in blocks of rows
-// (blocked_step). Elsewhere dW is computed as (d^T @ h)^T plus a copy: for tall inputs MKL
-// runs the (out, in)-shaped product about 15% faster than the (in, out)-shaped one, and the
-// copy of dW is negligible next to it; for small batches the copy costs more than it saves.
+// Rows from which dW is computed as (d^T @ h)^T plus a copy: for tall inputs MKL runs the
+// (out, in)-shaped product about 15% faster than the (in, out)-shaped one, and the copy of
+// dW is negligible next to it; for small batches the copy costs more than it saves.
 constexpr int64_t kTall = 4096;
-
-// Rows per block of a tall batch (see blocked_step): 1,024 rows of 784 floats are 3 MB, which
-// stay in the last-level cache between the block's forward product and its weight gradient.
-constexpr int64_t kBlock = 1024;
-
-// A tall batch's training step, block by block: each block of rows goes forward, takes its
-// part of the loss and goes back at once, so that its rows of x are read from memory once and
-// are still in cache for its weight gradient h^T d (done separately, the two big products
-// each stream all of x, 157 MB for 50,000 MNIST rows). The loss is a mean over rows whose
-// terms each involve one row, so the blocks' gradient terms add up to the batch's gradient:
-// the same numbers up to the order of the float additions. Returns what mlp_step returns;
-// with sgd the update is applied once, after the last block (every block needs the weights
-// from before the step).
-std::vector<Tensor> blocked_step(const Tensor& x, const Tensor& target,
-                                 const std::vector<Tensor>& weights,
-                                 const std::vector<std::optional<Tensor>>& biases,
-                                 const std::vector<bool>& relu_after, int64_t loss_kind,
-                                 double label_smoothing, bool need_dx,
-                                 const std::optional<Tensor>& dx_out,
-                                 const std::optional<Tensor>& loss_out, bool sgd, double lr,
-                                 double weight_decay) {
-  const size_t L = weights.size();
-  const int64_t n = x.size(0);
-  const int64_t c = weights[L - 1].size(1);
-  Tensor preds = at::empty({n, c}, x.options());  // (N, C), filled block by block
-  Tensor dx;                                       // (N, in), likewise
-  if (need_dx) {
-    const bool reuse = dx_out && dx_out->sizes() == x.sizes() && dx_out->dtype() == x.dtype() &&
-                       dx_out->is_contiguous() && dx_out->storage().use_count() == 1;
-    dx = reuse ? *dx_out : at::empty_like(x);
-  }
-  std::vector<Tensor> dw(L), db(L);  // the sums over blocks
-  for (size_t k = 0; k < L; ++k) {
-    dw[k] = at::zeros_like(weights[k]);                    // (in_k, out_k)
-    if (biases[k]) db[k] = at::zeros_like(*biases[k]);    // (out_k,)
-  }
-  const double m_total = static_cast<double>(target.numel());  // MSE's mean is over these
-  double loss_sum = 0.0;
-  for (int64_t r0 = 0; r0 < n; r0 += kBlock) {
-    const int64_t rows = std::min(kBlock, n - r0);
-    const Tensor xb = x.narrow(0, r0, rows);       // (B, in), a view
-    const Tensor tb = target.narrow(0, r0, rows);  // (B,) labels or (B, ...) targets
-    std::vector<Tensor> acts = forward(xb, weights, biases, relu_after);
-    const Tensor& z = acts[L];  // (B, C)
-    preds.narrow(0, r0, rows).copy_(z);
-    Tensor d;
-    if (loss_kind == kCrossEntropy) {
-      if (!(tb.is_contiguous() && tb.scalar_type() == at::kLong && z.numel() <= kSmall)) {
-        throw std::invalid_argument("blocked_step: needs int64 labels and at most 64 classes");
-      }
-      d = at::empty_like(z);
-      AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "cross_entropy_fused", [&] {
-        loss_sum += cross_entropy_fused(z.const_data_ptr<scalar_t>(),
-                                        tb.const_data_ptr<int64_t>(),
-                                        d.mutable_data_ptr<scalar_t>(), rows, c,
-                                        label_smoothing, n);
-      });
-    } else {
-      Tensor diff = z.reshape(tb.sizes()).sub(tb);  // the target block's shape
-      loss_sum += diff.square().sum().item<double>() / m_total;
-      d = diff.mul_(2.0 / m_total).reshape(z.sizes());  // (B, C)
-    }
-    for (size_t k = L; k-- > 0;) {
-      const Tensor& h = acts[k + 1];  // (B, out_k)
-      AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "relu_bias_backward", [&] {
-        relu_bias_backward(d.mutable_data_ptr<scalar_t>(),
-                           relu_after[k] ? h.const_data_ptr<scalar_t>() : nullptr,
-                           biases[k] ? db[k].mutable_data_ptr<scalar_t>() : nullptr,
-                           d.size(0), d.size(1), true);
-      });
-      dw[k].addmm_(acts[k].t(), d);  // += h^T d, with this block's h still in cache
-      if (k > 0) {
-        d = at::mm(d, weights[k].t());  // (B, in_k)
-      } else if (need_dx) {
-        Tensor rows_of_dx = dx.narrow(0, r0, rows);
-        at::mm_out(rows_of_dx, d, weights[0].t());  // (B, in)
-      }
-      acts[k + 1] = Tensor();
-    }
-  }
-  Tensor loss = loss_out ? *loss_out : at::empty({}, x.options());
-  loss.fill_(loss_sum);
-  std::vector<Tensor> out(3 + 2 * L);
-  out[0] = preds;
-  out[1] = loss;
-  if (need_dx) out[2] = dx;
-  const double keep = 1.0 - lr * weight_decay;
-  for (size_t k = 0; k < L; ++k) {
-    if (sgd) {
-      if (keep != 1.0) weights[k].mul_(keep);
-      weights[k].add_(dw[k], -lr);
-      if (biases[k]) {
-        if (keep != 1.0) biases[k]->mul_(keep);
-        biases[k]->add_(db[k], -lr);
-      }
-    } else {
-      out[3 + 2 * k] = dw[k];
-      if (biases[k]) out[4 + 2 * k] = db[k];
-    }
-  }
-  return out;
-}
 
 // Training step. Returns {preds, loss, dx (undefined unless need_dx), dW0, db0, dW1, db1, ...};
 // a bias gradient is undefined (None) where the layer has no bias. dx_out, when given, is a
@@ -269,13 +163,6 @@ std::vector<Tensor> mlp_step(const Tensor& x, const Tensor& target,
   c10::AutoGradMode no_autograd(false);  // hand-written gradients: no graph is ever recorded
   check_shapes(x, weights, biases, relu_after);
   const size_t L = weights.size();
-  const bool labels_ok = target.is_contiguous() && target.scalar_type() == at::kLong &&
-                         weights[L - 1].size(1) <= kSmall / kBlock;
-  if (x.size(0) >= kTall && x.device().is_cpu() &&
-      (loss_kind == kMSE ? target.dim() > 0 && target.size(0) == x.size(0) : labels_ok)) {
-    return blocked_step(x, target, weights, biases, relu_after, loss_kind, label_smoothing,
-                        need_dx, dx_out, loss_out, sgd, lr, weight_decay);
-  }
   std::vector<Tensor> acts = forward(x, weights, biases, relu_after);
   const Tensor preds = acts[L];  // (N, C)
   const int64_t n = preds.size(0);
@@ -291,7 +178,7 @@ std::vector<Tensor> mlp_step(const Tensor& x, const Tensor& target,
       AT_DISPATCH_FLOATING_TYPES(preds.scalar_type(), "cross_entropy_fused", [&] {
         value = cross_entropy_fused(preds.const_data_ptr<scalar_t>(),
                                     target.const_data_ptr<int64_t>(),
-                                    d.mutable_data_ptr<scalar_t>(), n, c, label_smoothing, n);
+                                    d.mutable_data_ptr<scalar_t>(), n, c, label_smoothing);
       });
       // The loss outlives the step (the Learner's recorder keeps every one), so it goes into a
       // slot the caller gives: a fresh 4-byte tensor per step would split a freed
@@ -338,7 +225,7 @@ std::vector<Tensor> mlp_step(const Tensor& x, const Tensor& target,
         relu_bias_backward(d.mutable_data_ptr<scalar_t>(),
                            relu_after[k] ? h.const_data_ptr<scalar_t>() : nullptr,
                            biases[k] ? db.mutable_data_ptr<scalar_t>() : nullptr, d.size(0),
-                           d.size(1), false);
+                           d.size(1));
       });
     } else {
       if (relu_after[k]) at::threshold_backward_out(d, d, h, 0);  // d *= (out > 0), in place
