@@ -149,22 +149,33 @@ def main() -> None:
             train_step(model, loss_fn, opt, xb, yb)
 
     def paired_epoch() -> tuple[float, float, float]:
-        """Batch by batch, alternating: a step on a ready batch, then the loader's next batch
-        and a step on it, each timed. Paired at the scale of one step, the two sides see the
-        same machine state, which whole-epoch timings on a shared machine do not (they vary
-        by 10-15% from round to round). Returns seconds: ready steps, gathers, fed steps."""
+        """Batch by batch, in pairs: a step on a ready batch and the loader's next batch with
+        a step on it, each timed, the order swapped from one pair to the next. Paired at the
+        scale of one step, the two sides see the same machine state, which whole-epoch timings
+        on a shared machine do not (they vary by 10-15% from round to round). Returns
+        seconds: ready steps, gathers, fed steps."""
         reset()
         ready_s = gather_s = fed_s = 0.0
         batches = iter(per_batch)
-        for xr, yr in ready:
-            t0 = clock()
-            train_step(model, loss_fn, opt, xr, yr)
-            t1 = clock()
-            xb, yb = next(batches)
-            t2 = clock()
-            train_step(model, loss_fn, opt, xb, yb)
-            t3 = clock()
-            ready_s, gather_s, fed_s = ready_s + t1 - t0, gather_s + t2 - t1, fed_s + t3 - t2
+        for i, (xr, yr) in enumerate(ready):
+            if i % 2:  # every other pair the loader goes first: no side always follows the other
+                t0 = clock()
+                xb, yb = next(batches)
+                t1 = clock()
+                train_step(model, loss_fn, opt, xb, yb)
+                t2 = clock()
+                train_step(model, loss_fn, opt, xr, yr)
+                t3 = clock()
+                ready_s, gather_s, fed_s = ready_s + t3 - t2, gather_s + t1 - t0, fed_s + t2 - t1
+            else:
+                t0 = clock()
+                train_step(model, loss_fn, opt, xr, yr)
+                t1 = clock()
+                xb, yb = next(batches)
+                t2 = clock()
+                train_step(model, loss_fn, opt, xb, yb)
+                t3 = clock()
+                ready_s, gather_s, fed_s = ready_s + t1 - t0, gather_s + t2 - t1, fed_s + t3 - t2
         return ready_s, gather_s, fed_s
 
     cases: dict[str, Callable[[], object]] = {

@@ -107,6 +107,8 @@ def test_normalization_is_applied_once_and_leaves_the_input_alone():
     assert torch.allclose(xs, before - 0.5)
     with pytest.raises(ValueError, match="std must be positive"):
         DataLoader(x, y, 4, std=torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"needs floating-point x, got torch\.uint8"):
+        DataLoader(x.to(torch.uint8), y, 4, mean=0.5)  # integer pixels would round the mean
 
 
 @pytest.mark.parametrize(("kwargs", "error"), [

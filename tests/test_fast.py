@@ -184,3 +184,127 @@ def test_input_gradient_buffer_is_reused_only_when_nobody_holds_it(compiled) -> 
     _, _, fourth = step(x, y, input_grad=True)
     assert fourth.data_ptr() == ptr  # nobody held it: written again in place
     torch.testing.assert_close(fourth, first)
+
+
+# ------------------------------------------------------------------- the optimizer folded in
+def readable_training(model, loss_fn, opt, data, lrs):
+    for (xb, yb), lr in zip(data, lrs, strict=True):
+        opt.lr = lr
+        readable_step(model, loss_fn, xb, yb)
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize(
+    ("opt_kw", "fused", "loss"),
+    [
+        ({}, True, "ce"),
+        ({"weight_decay": 0.05}, True, "ce-smooth"),
+        ({}, True, "mse"),
+        ({"momentum": 0.9}, False, "ce"),  # momentum has buffers: a Python step after C++
+        ({"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, False, "ce"),
+    ],
+)
+def test_step_with_optimizer_matches_the_readable_loop(compiled, opt_kw, fused, loss) -> None:
+    """``FastStep(model, loss, SGD)`` is a whole training step: forward, backward and the
+    update (folded into the weights' GEMMs for plain SGD), to 1e-10 of the readable loop in
+    float64, also when a schedule changes the learning rate between steps."""
+    regression = loss == "mse"
+    data = batches(10, 32, 10, torch.float64, regression)
+    lrs = [0.05 * (1 + i % 3) for i in range(len(data))]
+    out = []
+    for use_fast in (False, True):
+        gen = torch.Generator().manual_seed(2)
+        model = (
+            build_model("lesson", generator=gen)
+            if regression
+            else build_model("mlp", generator=gen, hidden=(40, 24))
+        )
+        model = model.to(dtype=torch.float64)
+        loss_fn = MSELoss() if regression else CrossEntropyLoss(0.1 if "smooth" in loss else 0.0)
+        opt = SGD(model.parameters(), lr=lrs[0], **opt_kw)
+        if use_fast:
+            step = FastStep(model, loss_fn, opt)
+            assert step.fused is fused
+            for (xb, yb), lr in zip(data, lrs, strict=True):
+                opt.lr = lr
+                step(xb, yb)
+                assert all(p.g is None for p in model.parameters())  # nothing left behind
+        else:
+            readable_training(model, loss_fn, opt, data, lrs)
+        out.append((model.parameters(), opt.step_count, list(opt.param_steps)))
+    (p_ref, count_ref, steps_ref), (p_fast, count, steps) = out
+    assert (count, steps) == (count_ref, steps_ref) == (len(data), [len(data)] * len(p_ref))
+    for a, b in zip(p_fast, p_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_step_includes_a_gradient_already_accumulated(compiled) -> None:
+    """A gradient the caller left in ``p.g`` is part of the update (so that call is not
+    fused), exactly as ``opt.step()`` after another backward would use it."""
+    (x1, y1), (x2, y2) = batches(2, 16, 10, torch.float64)
+    models = [
+        build_model("mlp", generator=torch.Generator().manual_seed(4), hidden=(12,)).double()
+        for _ in range(2)
+    ]
+    ref, fast_model = models
+    readable_step(ref, CrossEntropyLoss(), x1, y1)
+    readable_step(ref, CrossEntropyLoss(), x2, y2)
+    opt_ref = SGD(ref.parameters(), lr=0.1)
+    opt_ref.step()
+    readable_step(fast_model, CrossEntropyLoss(), x1, y1)  # accumulated by hand first
+    FastStep(fast_model, CrossEntropyLoss(), SGD(fast_model.parameters(), lr=0.1))(x2, y2)
+    for a, b in zip(fast_model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_sgd_over_other_parameters_is_not_fused(compiled) -> None:
+    model = build_model("mlp", generator=torch.Generator().manual_seed(5), hidden=(8,))
+    first_layer_only = SGD(model.layers[0].parameters(), lr=0.1)
+    step = FastStep(model, CrossEntropyLoss(), first_layer_only)
+    assert step.compiled and not step.fused
+    before = [p.detach().clone() for p in model.parameters()]
+    step(*batches(1, 8, 10, torch.float32)[0])
+    changed = [not torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True)]
+    assert changed == [True, True, False, False]  # only what the optimizer owns moved
+
+
+# ------------------------------------------------------------------------------ tall batches
+@pytest.mark.parametrize(
+    ("loss", "input_grad", "with_opt"),
+    [("ce-smooth", False, False), ("ce", True, False), ("mse", True, False), ("ce", False, True)],
+)
+def test_tall_batch_gives_the_readable_gradients(compiled, loss, input_grad, with_opt):
+    """From 4,096 rows the compiled step takes dW as (d^T h)^T and the ATen loss kernels; the
+    gradients, the loss, the input gradient and an SGD update still equal the readable
+    path's to 1e-10 in float64."""
+    regression = loss == "mse"
+    ((x, y),) = batches(1, 4096 + 100, 10, torch.float64, regression)
+    out = []
+    for use_fast in (False, True):
+        gen = torch.Generator().manual_seed(6)
+        kw = {} if regression else {"hidden": (20,)}
+        model = build_model("lesson" if regression else "mlp", generator=gen, **kw).double()
+        loss_fn = MSELoss() if regression else CrossEntropyLoss(0.1 if "smooth" in loss else 0.0)
+        opt = SGD(model.parameters(), lr=0.1, weight_decay=0.01) if with_opt else None
+        if use_fast:
+            step = FastStep(model, loss_fn, opt)
+            step._python = lambda *a: pytest.fail("the compiled step fell back to Python")
+            preds, value, dx = step(x, y, input_grad=input_grad)
+        else:
+            preds = model(x)
+            value = loss_fn(preds, y)
+            dx = model.backward(loss_fn.backward()[0], need_input_grad=input_grad)
+            if opt is not None:
+                opt.step()
+                opt.zero_grad()
+        grads = [p.g for p in model.parameters()]
+        out.append((preds, value, dx, grads, [p.detach().clone() for p in model.parameters()]))
+    (p0, l0, dx0, g0, w0), (p1, l1, dx1, g1, w1) = out
+    tol = {"rtol": 1e-10, "atol": 1e-13}
+    torch.testing.assert_close(p1, p0, **tol)
+    torch.testing.assert_close(l1, l0, **tol)
+    if input_grad:
+        torch.testing.assert_close(dx1, dx0, **tol)
+    for a, b in zip(g1 + w1, g0 + w0, strict=True):
+        torch.testing.assert_close(a, b, **tol)

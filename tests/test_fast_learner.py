@@ -87,3 +87,54 @@ def test_cancelled_batch_leaves_no_gradient() -> None:
     learn.fit(1)
     assert learn.step == 2
     assert all(p.g is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_fused_update_trains_like_the_learner(weight_decay) -> None:
+    """Plain SGD and callbacks that only look at finished batches: the update runs inside the
+    compiled call, and the run is the Learner's (history and weights to 1e-10)."""
+    if not fast.fast_path_status()[0]:
+        pytest.skip("the fast path cannot be built here")
+    x, y = make_data(512, 0)
+    xv, yv = make_data(128, 1)
+    runs = []
+    for cls in (Learner, FastLearner):
+        model = build_model("mlp", generator=torch.Generator().manual_seed(0), hidden=(24,))
+        model = model.double()
+        opt = SGD(model.parameters(), lr=0.1, weight_decay=weight_decay)
+        learn = cls(
+            model,
+            CrossEntropyLoss(),
+            opt,
+            Batches(x.double(), y, 64),
+            Batches(xv.double(), yv, 64),
+            callbacks=[Metrics(accuracy=accuracy), Recorder()],
+        )
+        if cls is FastLearner:
+            assert learn.fused
+        learn.fit(2)
+        runs.append(learn)
+    slow, quick = runs
+    assert quick.step == slow.step and quick.opt.step_count == slow.opt.step_count
+    for a, b in zip(quick.recorder.history, slow.recorder.history, strict=True):
+        for k in ("train_loss", "valid_loss", "valid_accuracy"):
+            assert a[k] == pytest.approx(b[k], rel=1e-10)
+    for p, q in zip(quick.model.parameters(), slow.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+        assert p.g is None
+
+
+def test_a_callback_that_reads_gradients_turns_the_fused_update_off() -> None:
+    if not fast.fast_path_status()[0]:
+        pytest.skip("the fast path cannot be built here")
+    x, y = make_data(128, 0)
+    model = build_model("mlp", generator=torch.Generator().manual_seed(0), hidden=(8,))
+    learn = FastLearner(
+        model, CrossEntropyLoss(), SGD(model.parameters(), lr=0.1), Batches(x, y, 64), None
+    )
+    assert learn.fused
+    events = Events()
+    learn.add_callbacks(events)
+    assert not learn.fused
+    learn.fit(1)
+    assert len(events.grad_norms) == 2 and all(n > 0 for n in events.grad_norms)

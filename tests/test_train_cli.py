@@ -101,6 +101,29 @@ def test_same_seed_gives_identical_runs(tiny: Path, trained, tmp_path: Path) -> 
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+@pytest.mark.slow  # builds the C++ fast path on first use
+def test_fast_trains_the_same_run(
+    tiny: Path, trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--fast`` (FastLearner) is the same computation: the same weights to float rounding."""
+    from handgrad import fast
+
+    if not fast.fast_path_status()[0]:
+        pytest.skip("the fast path cannot be built here")
+    calls = []
+    compiled = fast.FastStep._compiled
+    monkeypatch.setattr(
+        fast.FastStep, "_compiled", lambda self, *a: calls.append(1) or compiled(self, *a)
+    )
+    out, _ = trained
+    quick = train(tiny, tmp_path / "fast", "--epochs", "4", "--fast")
+    assert quick.status == 0 and quick.err == "", quick.err
+    assert len(calls) == 4 * 8  # every training step (256 rows / 32) went through C++
+    w1, w2 = weights(out / "last.safetensors"), weights(tmp_path / "fast" / "last.safetensors")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+
+
 def test_stop_and_resume_equals_straight_run_bitwise(tiny: Path, trained, tmp_path: Path) -> None:
     out, straight = trained
     part = train(tiny, tmp_path / "r", "--epochs", "4", "--stop-after", "2")

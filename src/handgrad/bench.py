@@ -316,8 +316,9 @@ class TorchTrain:
 
 
 class HandgradTrain:
-    """handgrad, one of four paths: ``loop`` (the readable Python step a learner reads),
-    ``fast`` (:class:`handgrad.fast.FastStep`, one compiled call per step), ``learner``
+    """handgrad, one of five paths: ``loop`` (the readable Python step a learner reads),
+    ``fast`` (:class:`handgrad.fast.FastStep`, one compiled call per step), ``fast fused``
+    (the same with plain SGD's update inside the compiled call), ``learner``
     (``Learner.fit`` with progress, metrics and recorder callbacks) or ``fast learner``
     (the same with :class:`handgrad.fast.learner.FastLearner`)."""
 
@@ -338,16 +339,22 @@ class HandgradTrain:
         self.batches, self.path = batches, path
         self.opt = OPTIMIZERS[opt](self.model.parameters(), **_optimizer_kwargs(opt, lr))
         self.fast = None
-        if path == "fast":
+        if path.startswith("fast") and path != "fast learner":
             from .fast import FastStep
 
-            self.fast = FastStep(self.model, self.loss_fn)
+            # "fast fused": the optimizer is part of the compiled step (plain SGD only)
+            fused_opt = self.opt if path == "fast fused" else None
+            self.fast = FastStep(self.model, self.loss_fn, fused_opt)
 
     def run(self) -> None:
         if self.path.endswith("learner"):
             self._learner(self.batches).fit(1)
             return
         model, loss_fn, opt, fast = self.model, self.loss_fn, self.opt, self.fast
+        if self.path == "fast fused":  # forward, backward and update in one call per batch
+            for xb, yb in self.batches:
+                fast(xb, yb)  # type: ignore[misc]
+            return
         with torch.no_grad():
             for xb, yb in self.batches:
                 if fast is not None:
@@ -383,7 +390,22 @@ class HandgradTrain:
         first = self.batches.first()
         grads: dict[str, Tensor] = {}
         losses: list[Tensor] = []
-        if self.path.endswith("learner"):
+        if self.path == "fast learner" and self._learner(first).fused:  # type: ignore[attr-defined]
+            # No gradient is ever written out: take it from the same compiled code without
+            # the update, then check the weights after the fused Learner's first step.
+            from .fast import FastStep
+            from .learner import Callback
+
+            class Loss(Callback):
+                def after_batch(self, learn: Any) -> None:
+                    losses.append(learn.loss.detach().clone())
+
+            xb, yb = next(iter(first))
+            FastStep(self.model, self.loss_fn)(xb, yb)
+            grads = handgrad_tensors(self.model, grads=True)
+            self.opt.zero_grad()
+            self._learner(first, (Loss(),)).fit(1)
+        elif self.path.endswith("learner"):
             from .learner import Callback
 
             class Capture(Callback):
@@ -392,6 +414,16 @@ class HandgradTrain:
                     losses.append(learn.loss.detach().clone())
 
             self._learner(first, (Capture(),)).fit(1)
+        elif self.path == "fast fused":
+            # The gradients from the same compiled code without the update, then the fused
+            # step from the same weights: its parameters are what the guard checks.
+            from .fast import FastStep
+
+            xb, yb = next(iter(first))
+            FastStep(self.model, self.loss_fn)(xb, yb)
+            grads = handgrad_tensors(self.model, grads=True)
+            self.opt.zero_grad()
+            losses.append(self.fast(xb, yb)[1])  # type: ignore[misc]
         else:
             xb, yb = next(iter(first))
             with torch.no_grad():
@@ -666,6 +698,13 @@ def _train(
                 lambda: HandgradTrain(lambda: handgrad_mlp(init), b, opt, lr, "fast"),
             )
         )
+    if fast_ok and opt == "sgd":
+        variants.append(
+            Variant(
+                "handgrad fast, SGD fused",
+                lambda: HandgradTrain(lambda: handgrad_mlp(init), b, opt, lr, "fast fused"),
+            )
+        )
     if key == "W2":
         missing = _have("learner", "callbacks", "recipes")
         if missing:
@@ -685,7 +724,8 @@ def _train(
                         lambda: HandgradTrain(
                             lambda: handgrad_mlp(init), b, opt, lr, "fast learner"
                         ),
-                        baseline="handgrad fast",
+                        # with plain SGD it folds the update in, as the fused loop does
+                        baseline="handgrad fast, SGD fused" if opt == "sgd" else "handgrad fast",
                     )
                 )
     variants.append(Variant("GEMMs alone", lambda: GemmFloor(init, b), role="floor"))

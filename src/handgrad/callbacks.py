@@ -73,12 +73,17 @@ class Metrics(Callback):
             self.values = {}
         self._n = 0
         self._sums: dict[str, Tensor] = {}
+        # Each batch's loss and size, summed once per pass: a list append per batch instead
+        # of three tensor operations (measured: 35 us a batch, a tenth of a fast W2 step).
+        self._losses: list[Tensor] = []
+        self._sizes: list[int] = []
         self._with_metrics = self.on_train or not learn.training
 
     def after_batch(self, learn: Learner) -> None:
         n = learn.yb.shape[0]
         self._n += n
-        self._add("loss", learn.loss.detach(), n)
+        self._losses.append(_detached(learn.loss))
+        self._sizes.append(n)
         if self._with_metrics:
             for name, fn in self.fns.items():
                 self._add(name, fn(learn.preds, learn.yb), n)
@@ -91,11 +96,20 @@ class Metrics(Callback):
         if not self._n:
             return
         phase = "train" if learn.training else "valid"
+        losses = torch.stack(self._losses).to(torch.float64)  # (batches,)
+        sizes = torch.tensor(self._sizes, dtype=torch.float64, device=losses.device)
+        self._sums = {"loss": (losses * sizes).sum(), **self._sums}
         # the one sync of the pass: every sum in one transfer
         names = list(self._sums)
         means = (torch.stack([self._sums[k] for k in names]) / self._n).tolist()
         for k, v in zip(names, means, strict=True):
             self.values[f"{phase}_{k}"] = v
+
+
+def _detached(loss: Tensor) -> Tensor:
+    """The loss to keep: handgrad's losses record no graph, so only a tensor that does (a
+    torch loss) pays for ``detach()``."""
+    return loss.detach() if loss.requires_grad else loss
 
 
 # -------------------------------------------------------------------------------- recorder
@@ -126,7 +140,7 @@ class Recorder(Callback):
 
     def after_batch(self, learn: Learner) -> None:
         if learn.training:
-            self._losses.append(learn.loss.detach())
+            self._losses.append(_detached(learn.loss))
             self._lrs.append(float(learn.opt.lr))
 
     def after_epoch(self, learn: Learner) -> None:
@@ -196,6 +210,8 @@ class Progress(Callback):
                 rp.TimeRemainingColumn(),
                 console=self.console,
                 transient=True,
+                # Rendering the bar costs about a millisecond: as often as it advances.
+                refresh_per_second=1 / self.refresh,
             )
             self._bar.start()
 
@@ -208,19 +224,25 @@ class Progress(Callback):
             f"epoch {learn.epoch + 1}/{learn.n_epochs} {phase}", total=total, status=""
         )
         self._last = time.perf_counter()
+        self._pending = 0
 
     def after_batch(self, learn: Learner) -> None:
         if self._bar is None:
             return
+        # The bar is redrawn a few times a second: advance it (a locked update of rich's task
+        # table, 26 us) only that often, not on every batch.
+        self._pending += 1
         now = time.perf_counter()
-        if learn.training and now - self._last >= self.refresh:
+        if now - self._last >= self.refresh:
             self._last = now
-            self._bar.update(self._task, advance=1, status=f"loss {learn.loss.item():.4f}")
-        else:
-            self._bar.update(self._task, advance=1)
+            status = {"status": f"loss {learn.loss.item():.4f}"} if learn.training else {}
+            self._bar.update(self._task, advance=self._pending, **status)
+            self._pending = 0
 
     def cleanup_epoch(self, learn: Learner) -> None:
         if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, advance=self._pending)
+            self._pending = 0
             self._bar.remove_task(self._task)
             self._task = None
 

@@ -210,7 +210,6 @@ class Optimizer:
         for p in self.params:
             p.g = None  # type: ignore[attr-defined]
 
-    @torch.no_grad()
     def step(self) -> None:
         """Update every parameter that has a gradient in ``.g``; the others are left alone."""
         idx, params, grads = [], [], []
@@ -225,7 +224,19 @@ class Optimizer:
         for i in idx:
             self.param_steps[i] += 1
         self.step_count += 1
-        self._update(idx, params, grads, _ForeachOps if self.foreach else _LoopOps)
+        ops = _ForeachOps if self.foreach else _LoopOps
+        if any(p.requires_grad for p in params):  # e.g. torch.nn parameters: no graph, please
+            with torch.no_grad():
+                self._update(idx, params, grads, ops)
+        else:  # handgrad's parameters never record a graph: skip the context manager's cost
+            self._update(idx, params, grads, ops)
+
+    def count_step(self) -> None:
+        """Record one step applied to every parameter elsewhere (a fused update, as
+        :class:`handgrad.fast.FastStep` does for SGD), so that ``step_count``,
+        ``param_steps`` and a saved state stay what ``step()`` would have made them."""
+        self.param_steps = [n + 1 for n in self.param_steps]
+        self.step_count += 1
 
     def _update(self, idx: list[int], params: Tensors, grads: Tensors, ops: Any) -> None:
         raise NotImplementedError

@@ -61,6 +61,7 @@ RESUMABLE = (
     "patience",
     "plots",
     "threads",
+    "fast",
 )
 VALID_BATCH = 1024  # validation has no backward pass: large batches, fewer Python steps
 
@@ -90,6 +91,7 @@ class TrainConfig:
     resume: str | None = None
     plots: str | None = None  # folder for every plot (handgrad.plots.run)
     threads: str = "auto"
+    fast: bool = False  # FastLearner: the same run, its steps through the compiled fast path
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` recipe field filled from the model's recipe."""
@@ -103,7 +105,7 @@ class TrainConfig:
 
     def recipe_dict(self) -> dict[str, Any]:
         """The fields that define the computation (saved in checkpoints and metrics.json)."""
-        skip = {"out", "quiet", "stop_after", "resume", "plots", "threads"}
+        skip = {"out", "quiet", "stop_after", "resume", "plots", "threads", "fast"}
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         if d["hidden"] is not None:
             d["hidden"] = list(d["hidden"])
@@ -322,7 +324,12 @@ def build_run(
         if console is not None:
             cbs.append(Progress(console, quiet=config.quiet))
     cbs += callbacks or []
-    learn = Learner(model, loss_fn, opt, train_dl, valid_dl, cbs, device=device)
+    learner: type[Learner] = Learner
+    if config.fast:
+        from .fast.learner import FastLearner
+
+        learner = FastLearner
+    learn = learner(model, loss_fn, opt, train_dl, valid_dl, cbs, device=device)
     return Run(config, dataset, learn, info, out, recipe_loss)
 
 

@@ -50,6 +50,7 @@ FIELDS = (
     "resume",
     "plots",
     "threads",
+    "fast",
 )
 
 
@@ -74,6 +75,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N|auto",
         help="CPU threads (default auto: all cores, fewer when the machine is busy)",
+    )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        default=None,
+        help="training steps of Linear/ReLU models through the compiled fast path "
+        "(FastLearner; built on first use; other models say so and train as usual)",
     )
 
 

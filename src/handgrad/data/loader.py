@@ -200,6 +200,10 @@ def _normalize(
     out: Tensor | None = None,
 ) -> Tensor:
     """``(x - mean) / std`` in a new tensor (``out`` when given): the caller's x is untouched."""
+    if not x.is_floating_point():
+        raise ValueError(
+            f"normalizing needs floating-point x, got {x.dtype}: pass x.float() / 255 for pixels"
+        )
     mean_t = torch.as_tensor(0.0 if mean is None else mean, dtype=x.dtype, device=x.device)
     std_t = torch.as_tensor(1.0 if std is None else std, dtype=x.dtype, device=x.device)
     if bool((std_t <= 0).any()):

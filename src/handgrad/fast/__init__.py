@@ -5,8 +5,10 @@ around each of them (the :class:`~handgrad.module.Module` contract, argument par
 wrappers) costs more than their arithmetic. :class:`FastStep` runs the whole forward pass, the
 loss and the backward pass of a supported model in one C++ function (``mlp_step.cpp``, built
 with ``torch.utils.cpp_extension`` on first use and cached), and leaves the gradients in
-``param.g`` exactly as ``model.backward`` would. The optimizer step stays in Python: it is a
-handful of ``torch._foreach_*`` calls already.
+``param.g`` exactly as ``model.backward`` would. Given the optimizer too, a call is the whole
+training step: plain SGD (no momentum) is then folded into the same C++ call, each weight
+updated by one GEMM (``W <- (1 - lr wd) W - lr h^T d``) without ever writing its gradient;
+any other optimizer steps in Python after the compiled forward and backward.
 
 The readable path stays the reference: the C++ code is the same math as
 :mod:`handgrad.functional`, step for step (tests/test_fast.py checks the weights after N steps
@@ -25,10 +27,14 @@ Example:
     ...     preds, loss, _ = step(xb, yb)  # forward + backward, p.g filled
     ...     opt.step()
     ...     opt.zero_grad()
+    >>> train = FastStep(model, loss_fn, SGD(model.parameters(), lr=0.1))
+    >>> for xb, yb in train_dl:
+    ...     preds, loss, _ = train(xb, yb)  # forward + backward + update; p.g stays None
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -39,6 +45,7 @@ from torch import Tensor
 
 from ..layers import Linear, ReLU
 from ..module import Module, Sequential
+from ..optim import SGD, Optimizer
 
 _SOURCE = Path(__file__).with_name("mlp_step.cpp")
 _CE, _MSE = 0, 1
@@ -67,8 +74,11 @@ def load_extension() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
+        # The source's hash in the name: two versions of handgrad (two checkouts, an upgrade)
+        # never load each other's build from the shared cache.
+        digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
         _extension = load(
-            name="handgrad_fast_mlp",
+            name=f"handgrad_fast_mlp_{digest}",
             sources=[str(_SOURCE)],
             extra_cflags=["-O2"],
             verbose=False,
@@ -130,6 +140,13 @@ class FastStep:
     it was ``None``), as ``loss_fn.backward`` + ``model.backward`` would. Nothing is left
     pending on the modules. ``step.predict(x)`` is the forward pass alone (inference).
 
+    With ``opt``, a call is a whole training step: it also updates the parameters and leaves
+    no gradient behind (``p.g`` is ``None`` afterwards, as after ``opt.zero_grad()``). Plain
+    :class:`~handgrad.optim.SGD` (``momentum=0``) over exactly the model's parameters is
+    applied inside the compiled call (``fused`` is then ``True``); any other optimizer runs its
+    ``step()`` and ``zero_grad()`` after the compiled forward and backward. Gradients already
+    in ``p.g`` (accumulated by the caller) are included either way.
+
     When the model is not training, or has hooks (which the compiled code would skip), or its
     layers changed, the call takes the readable path instead. The input gradient's buffer is
     kept and written again by the next call once nobody else holds it (a fresh 157 MB gradient
@@ -138,10 +155,13 @@ class FastStep:
     Attributes:
         compiled: ``True`` when the C++ path runs; ``False`` when it fell back (see ``reason``).
         reason: why the fast path is not used (empty when it is).
+        fused: ``True`` when the optimizer's update runs inside the compiled call.
     """
 
-    def __init__(self, model: Module, loss_fn: Module | None = None) -> None:
-        self.model, self.loss_fn = model, loss_fn
+    def __init__(
+        self, model: Module, loss_fn: Module | None = None, opt: Optimizer | None = None
+    ) -> None:
+        self.model, self.loss_fn, self.opt = model, loss_fn, opt
         self.linears, self.relu, self.kind, reason = _plan(model, loss_fn)
         self._layers = list(getattr(model, "layers", ()))
         self._modules = [*model.modules(), *([loss_fn] if loss_fn is not None else [])]
@@ -155,6 +175,20 @@ class FastStep:
         self.reason = reason
         if reason:
             _notice(reason)
+        self._params = [p for lin in self.linears for p in (lin.weight, lin.bias) if p is not None]
+        # SGD can be folded in when it trains exactly these parameters (its momentum and
+        # learning rate are read at every call: a schedule or the user may change them).
+        self._same_params = opt is not None and {id(p) for p in opt.params} == {
+            id(p) for p in self._params
+        }
+
+    @property
+    def fused(self) -> bool:
+        """Whether the next call applies the optimizer inside the compiled call."""
+        opt = self.opt
+        return (
+            self.compiled and self._same_params and type(opt) is SGD and opt.momentum == 0.0  # type: ignore[union-attr]
+        )
 
     def _usable(self) -> bool:
         """Compiled, and the model is still the one planned for, with no hooks."""
@@ -169,16 +203,33 @@ class FastStep:
     def __call__(
         self, x: Tensor, target: Tensor, *, input_grad: bool = False
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        loss_fn = self.loss_fn
+        loss_fn, opt = self.loss_fn, self.opt
         if loss_fn is None:
             raise TypeError("FastStep(model) without a loss can only predict(x)")
         if not (self._usable() and self.model.training and loss_fn.training):
-            return self._python(x, target, input_grad)
+            out = self._python(x, target, input_grad)
+        else:
+            # Fold SGD in only when this batch's gradient is the whole gradient.
+            fuse = self.fused and all(p.g is None for p in self._params)  # type: ignore[attr-defined]
+            out = self._compiled(x, target, input_grad, fuse)
+            if fuse:
+                opt.count_step()  # type: ignore[union-attr]
+                return out
+        if opt is not None:
+            opt.step()
+            opt.zero_grad()
+        return out
+
+    def _compiled(
+        self, x: Tensor, target: Tensor, input_grad: bool, fuse: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        loss_fn = self.loss_fn
         weights = [lin.weight for lin in self.linears]
         biases = [lin.bias for lin in self.linears]
         # Reuse the last input gradient's memory only if this object is its sole holder
         # (getrefcount sees our attribute and its own argument); C++ also checks for views.
         reuse = self._dx if input_grad and sys.getrefcount(self._dx) == 2 else None
+        opt = self.opt
         try:
             out = self._ext.mlp_step(  # type: ignore[union-attr]
                 x,
@@ -191,16 +242,20 @@ class FastStep:
                 input_grad,
                 reuse,
                 self._loss_slot(weights[0]),
+                fuse,
+                opt.lr if fuse else 0.0,  # type: ignore[union-attr]
+                opt.weight_decay if fuse else 0.0,  # type: ignore[union-attr]
             )
         except (RuntimeError, ValueError, IndexError):
             # Bad input: let the readable path raise its clear, one-line error.
             return self._python(x, target, input_grad)
-        grads = out[3:]
-        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
-            gw, gb = grads[2 * i], grads[2 * i + 1]
-            w.g = gw if w.g is None else w.g + gw
-            if b is not None:
-                b.g = gb if b.g is None else b.g + gb
+        if not fuse:
+            grads = out[3:]
+            for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+                gw, gb = grads[2 * i], grads[2 * i + 1]
+                w.g = gw if w.g is None else w.g + gw
+                if b is not None:
+                    b.g = gb if b.g is None else b.g + gb
         if input_grad:
             self._dx = out[2]
         return out[0], out[1], out[2]

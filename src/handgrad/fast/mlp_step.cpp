@@ -146,13 +146,20 @@ constexpr int64_t kTall = 4096;
 // a bias gradient is undefined (None) where the layer has no bias. dx_out, when given, is a
 // buffer the caller no longer uses: dx is written into it instead of into fresh memory;
 // loss_out, a 0-dim slot (same dtype) the loss is written into.
+//
+// With sgd, the step also applies plain SGD, p <- p - lr (g + wd p) = (1 - lr wd) p - lr g,
+// and returns no parameter gradients (undefined): each weight's update is one GEMM,
+// W <- (1 - lr wd) W - lr h^T d (addmm's beta and alpha), so dW is never written to memory
+// and read back, and no optimizer call follows. Layer k's update comes after the gradient
+// it passes back (d @ W_k^T), which needs the weights from before the step.
 std::vector<Tensor> mlp_step(const Tensor& x, const Tensor& target,
                              const std::vector<Tensor>& weights,
                              const std::vector<std::optional<Tensor>>& biases,
                              const std::vector<bool>& relu_after, int64_t loss_kind,
                              double label_smoothing, bool need_dx,
                              const std::optional<Tensor>& dx_out,
-                             const std::optional<Tensor>& loss_out) {
+                             const std::optional<Tensor>& loss_out, bool sgd, double lr,
+                             double weight_decay) {
   c10::AutoGradMode no_autograd(false);  // hand-written gradients: no graph is ever recorded
   check_shapes(x, weights, biases, relu_after);
   const size_t L = weights.size();
@@ -208,31 +215,44 @@ std::vector<Tensor> mlp_step(const Tensor& x, const Tensor& target,
   std::vector<Tensor> out(3 + 2 * L);
   out[0] = preds;
   out[1] = loss;
+  const double keep = 1.0 - lr * weight_decay;  // SGD's weight decay, folded into a scale
   for (size_t k = L; k-- > 0;) {
     const Tensor& h = acts[k + 1];  // layer k's (ReLU) output, (N, out_k)
+    Tensor db;                      // (out_k,), undefined without a bias
     if (d.numel() <= kSmall && d.is_contiguous() && h.is_contiguous()) {
-      Tensor db = biases[k] ? at::empty({d.size(1)}, d.options()) : Tensor();
+      if (biases[k]) db = at::empty({d.size(1)}, d.options());
       AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "relu_bias_backward", [&] {
         relu_bias_backward(d.mutable_data_ptr<scalar_t>(),
                            relu_after[k] ? h.const_data_ptr<scalar_t>() : nullptr,
                            biases[k] ? db.mutable_data_ptr<scalar_t>() : nullptr, d.size(0),
                            d.size(1));
       });
-      if (biases[k]) out[4 + 2 * k] = db;  // (out_k,)
     } else {
       if (relu_after[k]) at::threshold_backward_out(d, d, h, 0);  // d *= (out > 0), in place
-      if (biases[k]) out[4 + 2 * k] = d.sum(0);                // (out_k,)
+      if (biases[k]) db = d.sum(0);
     }
-    out[3 + 2 * k] = n >= kTall ? at::mm(d.t(), acts[k]).t().contiguous()  // (in_k, out_k)
-                                : at::mm(acts[k].t(), d);
+    // The gradient for the layer below, from this layer's weights before any update.
+    Tensor below;
     if (k == 0 && need_dx && dx_out && dx_out->sizes() == x.sizes() &&
         dx_out->dtype() == x.dtype() && dx_out->is_contiguous() &&
         dx_out->storage().use_count() == 1) {
       Tensor buffer = *dx_out;
-      d = at::mm_out(buffer, d, weights[k].t());  // (N, in), no fresh pages to fault in
+      below = at::mm_out(buffer, d, weights[k].t());  // (N, in), no fresh pages to fault in
     } else if (k > 0 || need_dx) {
-      d = at::mm(d, weights[k].t());  // (N, in_k)
+      below = at::mm(d, weights[k].t());  // (N, in_k)
     }
+    if (sgd) {
+      weights[k].addmm_(acts[k].t(), d, keep, -lr);  // W <- keep W - lr h^T d, in one GEMM
+      if (biases[k]) {
+        if (keep != 1.0) biases[k]->mul_(keep);
+        biases[k]->add_(db, -lr);
+      }
+    } else {
+      out[3 + 2 * k] = n >= kTall ? at::mm(d.t(), acts[k]).t().contiguous()  // (in_k, out_k)
+                                  : at::mm(acts[k].t(), d);
+      if (biases[k]) out[4 + 2 * k] = db;
+    }
+    d = below;
     acts[k + 1] = Tensor();  // free each activation as soon as its last use is done
   }
   if (need_dx) out[2] = d;  // (N, in)
@@ -247,7 +267,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("x"), pybind11::arg("target"), pybind11::arg("weights"),
         pybind11::arg("biases"), pybind11::arg("relu_after"), pybind11::arg("loss_kind"),
         pybind11::arg("label_smoothing"), pybind11::arg("need_dx"), pybind11::arg("dx_out"),
-        pybind11::arg("loss_out"));
+        pybind11::arg("loss_out"), pybind11::arg("sgd") = false, pybind11::arg("lr") = 0.0,
+        pybind11::arg("weight_decay") = 0.0);
   m.def("mlp_predict", &mlp_predict, "forward pass of a Linear/ReLU net", pybind11::arg("x"),
         pybind11::arg("weights"), pybind11::arg("biases"), pybind11::arg("relu_after"));
 }
