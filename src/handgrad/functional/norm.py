@@ -13,6 +13,10 @@ the variance)::
 ``xhat`` is recomputed in the backward from ``x`` (which the layer holds anyway) instead of
 being stored: one cheap element-wise pass saves an activation-sized tensor per layer, and the
 recomputed ``xhat`` then serves as the memory that ``dx`` is written into.
+
+``batchnorm_relu_forward``/``batchnorm_relu_backward`` are batch norm followed by a ReLU in one
+pair (the ``cnn`` recipe's blocks): the ReLU clamps the batch norm's output buffer in place, and
+its mask ``y > 0`` is read from the output on the way into the same compact backward.
 """
 
 from __future__ import annotations
