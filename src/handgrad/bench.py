@@ -338,6 +338,7 @@ class HandgradTrain:
         self.loss_fn = CrossEntropyLoss(smoothing)
         self.batches, self.path = batches, path
         self.opt = OPTIMIZERS[opt](self.model.parameters(), **_optimizer_kwargs(opt, lr))
+        self._run_learner: Any = None
         self.fast = None
         if path.startswith("fast") and path != "fast learner":
             from .fast import FastStep
@@ -348,7 +349,11 @@ class HandgradTrain:
 
     def run(self) -> None:
         if self.path.endswith("learner"):
-            self._learner(self.batches).fit(1)
+            # One Learner per variant, as a training run has one: what is timed is an epoch
+            # (its callbacks' per-epoch work included), not building the Learner.
+            if self._run_learner is None:
+                self._run_learner = self._learner(self.batches)
+            self._run_learner.fit(1)
             return
         model, loss_fn, opt, fast = self.model, self.loss_fn, self.opt, self.fast
         if self.path == "fast fused":  # forward, backward and update in one call per batch

@@ -1,7 +1,8 @@
 """``DataLoader``: whole-batch slices of in-memory tensors, never a Python loop over items.
 
-A batch is one slice (``x[i:j]``, a view) when the order is sequential, or one
-``index_select`` of the batch's indices when it is shuffled. PyTorch's ``DataLoader`` over a
+A batch is one slice (``x[i:j]``, a view) when the order is sequential. A shuffled epoch is
+gathered in one ``index_select`` into a buffer the loader reuses, and its batches are views of
+that (or, with ``gather="batch"``, one ``index_select`` per batch). PyTorch's ``DataLoader`` over a
 ``TensorDataset`` instead indexes every item and stacks them again (64 ``__getitem__`` calls and
 a ``torch.stack`` per batch), which on MNIST costs more than the lesson's MLP training step.
 See ``benchmarks/bench_dataloader.py`` for the measured cost per epoch.
@@ -24,6 +25,9 @@ RESIDENT_FRACTION = 0.5
 #: Shuffled splits at least this large are kept in huge pages: below it, 4 KiB pages that
 #: the TLB covers (a few MiB) hold the whole split anyway.
 HUGEPAGE_MIN = 8 * 1024 * 1024
+#: Shuffled CPU splits up to this size are gathered one epoch at a time (``gather="auto"``),
+#: which holds up to two more copies of the split; larger ones one batch at a time.
+EPOCH_GATHER_MAX = 512 * 1024**2
 
 
 class DataLoader:
@@ -49,6 +53,15 @@ class DataLoader:
             against one row). Applied once to the whole split when the loader is built, so no
             batch pays for it; this keeps a normalized copy of ``x``.
         rank, world_size: this process's shard for data-parallel training.
+        gather: how a shuffled epoch's rows are collected on the CPU. ``"epoch"``: in one
+            pass at the start of the epoch, into a buffer the loader keeps and reuses; batches
+            are views of it. One long copy costs about half of 782 short ones interleaved
+            with training steps (MNIST, batch 64; ``benchmarks/bench_dataloader.py``), for up
+            to two more copies of ``x``'s memory. A buffer is only written again when nothing
+            holds a batch (or any view) of the epoch in it; otherwise the next epoch gets
+            another one, so a batch never changes under whoever keeps it. ``"batch"``: one
+            gather per batch into fresh memory. ``"auto"`` (default): ``"epoch"`` up to
+            ``EPOCH_GATHER_MAX`` bytes of ``x``, else ``"batch"``.
         hugepages: when shuffling a CPU split of ``HUGEPAGE_MIN`` bytes or more, keep the
             loader's copy of ``x`` in 2 MiB pages (Linux with transparent huge pages; see
             :mod:`handgrad.data.hugepages`). Random rows then stop missing the TLB one by
@@ -78,6 +91,7 @@ class DataLoader:
         std: float | Tensor | None = None,
         rank: int = 0,
         world_size: int = 1,
+        gather: str = "auto",
         hugepages: bool = True,
     ) -> None:
         if not isinstance(x, Tensor) or not isinstance(y, Tensor):
@@ -116,7 +130,14 @@ class DataLoader:
             self.x = data_x if paged is None else paged.copy_(data_x)
         self.shard_size = len(x) // world_size if world_size > 1 else len(x)
         self._epoch = 0
-        self._gather_per_epoch = False
+        if gather not in ("auto", "epoch", "batch"):
+            raise ValueError(f"gather must be 'auto', 'epoch' or 'batch', got {gather!r}")
+        if gather == "auto":
+            gather = "epoch" if self.x.nbytes <= EPOCH_GATHER_MAX else "batch"
+        # Per epoch on the CPU only: on an accelerator a per-batch gather is one kernel launch.
+        self.gather = gather if self.x.device.type == "cpu" else "batch"
+        # gather="epoch": (buffer, its storage's use count when only the loader holds it)
+        self._buffers: list[tuple[Tensor, int]] = []
 
     # ------------------------------------------------------------------------------ order
     @property
@@ -164,8 +185,8 @@ class DataLoader:
             idx = idx[:rows]
             # Labels are small (8 bytes a row): one gather per epoch, then views per batch.
             ys = y.index_select(0, idx).split(bs)
-            if self._gather_per_epoch:  # the alternative for x, kept for the benchmark
-                xs = x.index_select(0, idx).split(bs)
+            if self.gather == "epoch":
+                xs = self._epoch_rows(x, idx).split(bs)  # views (B, D)
             else:
                 # One gather per batch, into a fresh small buffer that malloc recycles (so it
                 # is cache-warm when the model reads it). Splitting the indices once keeps
@@ -177,6 +198,29 @@ class DataLoader:
             for xb, yb in zip(xs, ys, strict=True):
                 yield xb.to(self.device), yb.to(self.device)
 
+    def _epoch_rows(self, x: Tensor, idx: Tensor) -> Tensor:
+        """``x[idx]`` written into one of the loader's epoch buffers that nothing else holds.
+
+        Two buffers cover the usual loop: its variable (or ``learn.xb``) still holds the last
+        batch of one epoch while the next one is gathered. When both are held, the next
+        epoch gets a new buffer and the loader lets go of its oldest.
+        """
+        free = next(
+            (
+                rows
+                for rows, alone in self._buffers
+                if len(rows) == len(idx) and alone >= 0 and _use_count(rows) == alone
+            ),
+            None,
+        )
+        if free is None:
+            shape = (len(idx), *x.shape[1:])
+            free = hugepage_memory.empty(shape, x.dtype) if x.nbytes >= HUGEPAGE_MIN else None
+            if free is None:
+                free = torch.empty(shape, dtype=x.dtype, device=x.device)
+            self._buffers = [*self._buffers[-1:], (free, _use_count(free))]
+        return torch.index_select(x, 0, idx, out=free)  # (rows, D): one pass over the epoch
+
     def __repr__(self) -> str:
         where = f"{self.device}" + ("" if self.resident else " (batches copied from host)")
         return (
@@ -184,6 +228,15 @@ class DataLoader:
             f"shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last}, "
             f"rank={self.rank}/{self.world_size}, device={where}, batches={len(self)})"
         )
+
+
+def _use_count(t: Tensor) -> int:
+    """How many tensors (views included) share ``t``'s memory, or -1 where this torch cannot
+    tell (then an epoch buffer is never reused: always correct, only slower)."""
+    try:
+        return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
+    except (AttributeError, RuntimeError, TypeError):
+        return -1
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
