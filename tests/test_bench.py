@@ -75,9 +75,10 @@ def test_peak_memory_counts_what_the_workload_allocates() -> None:
     cfg = bench.Config(rows=4096, repeats=1, only=("W5",), fast=False)
     workloads, _ = bench.build_workloads(cfg)
     w = next(w for w in workloads if w.batch == 1024)
-    peak = bench.measure_memory(cfg, w, w.variants[1])
+    peaks = bench.measure_memory(cfg, w, w.variants[:2])
+    assert peaks is not None and set(peaks) == {v.label for v in w.variants[:2]}
     # a (1024, 256) float32 activation is 1 MiB; the whole pass stays far below 64 MiB
-    assert peak is not None and 2**20 <= peak < 64 * 2**20
+    assert all(2**20 <= peak < 64 * 2**20 for peak in peaks.values())
 
 
 def test_bad_options_are_one_line_errors() -> None:
