@@ -49,6 +49,7 @@ from ..optim import SGD, Optimizer
 
 _SOURCE = Path(__file__).with_name("mlp_step.cpp")
 _CE, _MSE = 0, 1
+_LOSS_SLOTS = 256  # losses per block (see FastStep._loss_slot)
 
 _extension: ModuleType | None = None
 _failure: str | None = None
@@ -261,15 +262,17 @@ class FastStep:
         return out[0], out[1], out[2]
 
     def _loss_slot(self, like: Tensor) -> Tensor:
-        """A 0-dim view into a block of 256 loss slots. Callers keep losses (a recorder keeps
-        every step's); one small tensor per step, allocated between the step's large ones,
-        fragmented the heap by several KB per kept loss. The slots come from one allocation
-        per 256 steps instead; a kept loss keeps its block (1 KB in float32) alive."""
+        """A 0-dim view into a block of ``_LOSS_SLOTS`` (256) loss slots. Callers keep losses
+        (a recorder keeps every step's); one small tensor per step, allocated between the
+        step's large ones, fragmented the heap by several KB per kept loss. The slots come from
+        one allocation per 256 steps instead; a kept loss keeps its block (1 KB) alive."""
         block, i = self._losses
-        if block is None or i == len(block) or block.dtype != like.dtype:
-            block, i = torch.empty(256, dtype=like.dtype, device=like.device), 0
+        # (A plain int for the block's length and select() for the view: this runs every
+        # step, and Tensor.__len__ and __getitem__ each cost microseconds of Python.)
+        if block is None or i == _LOSS_SLOTS or block.dtype != like.dtype:
+            block, i = torch.empty(_LOSS_SLOTS, dtype=like.dtype, device=like.device), 0
         self._losses = (block, i + 1)
-        return block[i]
+        return block.select(0, i)
 
     def predict(self, x: Tensor) -> Tensor:
         """The model's output for ``x``, keeping no context (inference)."""
