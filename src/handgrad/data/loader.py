@@ -55,9 +55,10 @@ class DataLoader:
         rank, world_size: this process's shard for data-parallel training.
         gather: how a shuffled epoch's rows are collected on the CPU. ``"epoch"``: in one
             pass at the start of the epoch, into a buffer the loader keeps and reuses; batches
-            are views of it. One long copy costs about half of 782 short ones interleaved
-            with training steps (MNIST, batch 64; ``benchmarks/bench_dataloader.py``), for up
-            to two more copies of ``x``'s memory. A buffer is only written again when nothing
+            are views of it. One long copy costs about two thirds of 782 short ones
+            interleaved with training steps (MNIST, batch 64;
+            ``benchmarks/bench_dataloader.py``), for up to two more copies of ``x``'s
+            memory. A buffer is only written again when nothing
             holds a batch (or any view) of the epoch in it; otherwise the next epoch gets
             another one, so a batch never changes under whoever keeps it. ``"batch"``: one
             gather per batch into fresh memory. ``"auto"`` (default): ``"epoch"`` up to
@@ -65,7 +66,7 @@ class DataLoader:
         hugepages: when shuffling a CPU split of ``HUGEPAGE_MIN`` bytes or more, keep the
             loader's copy of ``x`` in 2 MiB pages (Linux with transparent huge pages; see
             :mod:`handgrad.data.hugepages`). Random rows then stop missing the TLB one by
-            one, which takes about a third off the time of an epoch's gathers on MNIST. This
+            one, which takes 15-20% off the time of an epoch's gathers on MNIST. This
             costs one copy of ``x`` unless it is normalized (which copies it anyway);
             ``False`` keeps ``x`` as given.
 
