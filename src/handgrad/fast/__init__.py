@@ -211,9 +211,12 @@ class FastStep:
             out = self._python(x, target, input_grad)
         else:
             # Fold SGD in only when this batch's gradient is the whole gradient.
-            fuse = self.fused and all(p.g is None for p in self._params)  # type: ignore[attr-defined]
+            no_grads = all(p.g is None for p in self._params)  # type: ignore[attr-defined]
+            fuse = no_grads and self.fused
             out = self._compiled(x, target, input_grad, fuse)
-            if fuse:
+            # Updated in C++, unless bad input sent the call down the readable path, which
+            # leaves gradients for the optimizer step below.
+            if fuse and all(p.g is None for p in self._params):  # type: ignore[attr-defined]
                 opt.count_step()  # type: ignore[union-attr]
                 return out
         if opt is not None:
