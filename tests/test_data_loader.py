@@ -266,3 +266,13 @@ def test_small_or_sequential_splits_are_not_copied():
     assert DataLoader(x, y, 64).x is x  # sequential: views of x itself
     small_x, small_y = rows()
     assert DataLoader(small_x, small_y, 8, shuffle=True).x is small_x
+
+
+def test_large_split_is_not_copied_only_for_huge_pages(monkeypatch):
+    """Past EPOCH_GATHER_MAX a second copy of x costs more memory than its TLB misses cost
+    time: x is kept as given (normalizing still copies, and that copy may use huge pages)."""
+    x, y = big_rows()
+    monkeypatch.setattr(loader_module, "EPOCH_GATHER_MAX", x.nbytes - 1)
+    dl = DataLoader(x, y, 256, shuffle=True)
+    assert dl.x is x and dl.gather == "batch"
+    assert DataLoader(x, y, 256, shuffle=True, mean=0.5).x is not x

@@ -67,7 +67,8 @@ class DataLoader:
             loader's copy of ``x`` in 2 MiB pages (Linux with transparent huge pages; see
             :mod:`handgrad.data.hugepages`). Random rows then stop missing the TLB one by
             one, which takes 15-20% off the time of an epoch's gathers on MNIST. This
-            costs one copy of ``x`` unless it is normalized (which copies it anyway);
+            costs one copy of ``x`` unless it is normalized (which copies it anyway), so
+            without normalization it is only done up to ``EPOCH_GATHER_MAX`` bytes;
             ``False`` keeps ``x`` as given.
 
     Batches are views of (or gathered from) the loader's tensors: do not modify them in place.
@@ -123,9 +124,19 @@ class DataLoader:
         data_device = self.device if self.resident else x.device
         data_x, self.y = x.to(data_device), y.to(data_device)
         paged = None
-        if hugepages and shuffle and data_x.device.type == "cpu" and data_x.nbytes >= HUGEPAGE_MIN:
+        normalize = mean is not None or std is not None
+        # A copy that normalizing makes anyway goes into huge pages whatever its size; one
+        # made only for them, up to EPOCH_GATHER_MAX (a second copy of a large split costs
+        # more memory than its TLB misses cost time).
+        if (
+            hugepages
+            and shuffle
+            and data_x.device.type == "cpu"
+            and data_x.nbytes >= HUGEPAGE_MIN
+            and (normalize or data_x.nbytes <= EPOCH_GATHER_MAX)
+        ):
             paged = hugepage_memory.empty(tuple(data_x.shape), data_x.dtype)  # None if unavailable
-        if mean is not None or std is not None:
+        if normalize:
             self.x = _normalize(data_x, mean, std, out=paged)
         else:
             self.x = data_x if paged is None else paged.copy_(data_x)
