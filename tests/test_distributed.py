@@ -270,3 +270,45 @@ def test_main_first_runs_in_three_waves(tmp_path) -> None:
     events = log.read_text().split("\n")
     assert events[:4] == ["in 0", "out 0", "in 2", "out 2"]
     assert sorted(events[4:8]) == ["in 1", "in 3", "out 1", "out 3"]
+
+
+def test_spawn_returns_when_a_rank_ends_between_two_looks(monkeypatch) -> None:
+    """Regression: the wait loop read the ranks' exit codes twice per round; a rank ending in
+    between left it waiting on an empty list of processes, forever (seen once in CI)."""
+    import threading
+
+    from handgrad import distributed
+
+    class EndsWhileLookedAt:
+        """A finished rank whose first exit-code read still says "running"."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            read, write = os.pipe()
+            os.close(write)  # the sentinel is at end of file: readable, like a dead process
+            self.sentinel, self._looks = read, 0
+
+        def start(self) -> None:
+            pass
+
+        @property
+        def exitcode(self) -> int | None:
+            self._looks += 1
+            return None if self._looks == 1 else 0
+
+        def is_alive(self) -> bool:
+            return False
+
+        def join(self, timeout: float | None = None) -> None:
+            pass
+
+    class Context:
+        Process = EndsWhileLookedAt
+
+    monkeypatch.setattr(distributed.mp, "get_context", lambda method: Context())
+    done = threading.Event()
+    worker = threading.Thread(
+        target=lambda: (distributed.spawn(print, 2, start_method="fork"), done.set()),
+        daemon=True,
+    )
+    worker.start()
+    assert done.wait(10), "spawn never returned"

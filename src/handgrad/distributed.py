@@ -575,10 +575,13 @@ def spawn(
     for p in procs:
         p.start()
     try:
-        while any(p.exitcode is None for p in procs) and all(
-            p.exitcode in (None, 0) for p in procs
-        ):
-            mp_connection.wait([p.sentinel for p in procs if p.exitcode is None])
+        while True:
+            # One look at the exit codes per round: reading them twice could see a rank
+            # finish in between and then wait on an empty list, which never returns.
+            running = [p for p in procs if p.exitcode is None]
+            if not running or any(p.exitcode not in (None, 0) for p in procs):
+                break
+            mp_connection.wait([p.sentinel for p in running])
         if all(p.exitcode == 0 for p in procs):
             return
         deadline = time.monotonic() + grace_s
