@@ -386,6 +386,17 @@ class HandgradTrain:
         cbs = [Progress(quiet), Metrics(accuracy=metric_for("ce")), Recorder(), *callbacks]
         return cls(self.model, self.loss_fn, self.opt, batches, None, callbacks=cbs)
 
+    def _grads_before_update(self, batches: Batches) -> dict[str, Tensor]:
+        """The first batch's gradients from the compiled step without the update (a fused
+        step writes none out); the weights stay as they were."""
+        from .fast import FastStep
+
+        xb, yb = next(iter(batches))
+        FastStep(self.model, self.loss_fn)(xb, yb)
+        grads = handgrad_tensors(self.model, grads=True)
+        self.opt.zero_grad()
+        return grads
+
     def probe(self) -> dict[str, Tensor]:
         from .layers import Dropout
 
@@ -395,21 +406,22 @@ class HandgradTrain:
         first = self.batches.first()
         grads: dict[str, Tensor] = {}
         losses: list[Tensor] = []
-        if self.path == "fast learner" and self._learner(first).fused:  # type: ignore[attr-defined]
-            # No gradient is ever written out: take it from the same compiled code without
-            # the update, then check the weights after the fused Learner's first step.
-            from .fast import FastStep
+        fused_learner = None
+        if self.path == "fast learner":
             from .learner import Callback
 
             class Loss(Callback):
                 def after_batch(self, learn: Any) -> None:
                     losses.append(learn.loss.detach().clone())
 
-            xb, yb = next(iter(first))
-            FastStep(self.model, self.loss_fn)(xb, yb)
-            grads = handgrad_tensors(self.model, grads=True)
-            self.opt.zero_grad()
-            self._learner(first, (Loss(),)).fit(1)
+            fused_learner = self._learner(first, (Loss(),))
+            if not fused_learner.fused:
+                fused_learner = None
+        if fused_learner is not None:
+            # No gradient is ever written out: the guard checks the compiled code's gradients
+            # and the weights after the fused Learner's first step from the same weights.
+            grads = self._grads_before_update(first)
+            fused_learner.fit(1)
         elif self.path.endswith("learner"):
             from .learner import Callback
 
@@ -420,15 +432,9 @@ class HandgradTrain:
 
             self._learner(first, (Capture(),)).fit(1)
         elif self.path == "fast fused":
-            # The gradients from the same compiled code without the update, then the fused
-            # step from the same weights: its parameters are what the guard checks.
-            from .fast import FastStep
-
-            xb, yb = next(iter(first))
-            FastStep(self.model, self.loss_fn)(xb, yb)
-            grads = handgrad_tensors(self.model, grads=True)
-            self.opt.zero_grad()
-            losses.append(self.fast(xb, yb)[1])  # type: ignore[misc]
+            # Likewise: the gradients, then the fused step whose parameters the guard checks.
+            grads = self._grads_before_update(first)
+            losses.append(self.fast(*next(iter(first)))[1])  # type: ignore[misc]
         else:
             xb, yb = next(iter(first))
             with torch.no_grad():
