@@ -211,8 +211,7 @@ class FastStep:
             out = self._python(x, target, input_grad)
         else:
             # Fold SGD in only when this batch's gradient is the whole gradient.
-            no_grads = all(p.g is None for p in self._params)  # type: ignore[attr-defined]
-            fuse = no_grads and self.fused
+            fuse = self.fused and all(p.g is None for p in self._params)  # type: ignore[attr-defined]
             out = self._compiled(x, target, input_grad, fuse)
             # Updated in C++, unless bad input sent the call down the readable path, which
             # leaves gradients for the optimizer step below.
