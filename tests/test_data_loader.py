@@ -276,3 +276,14 @@ def test_large_split_is_not_copied_only_for_huge_pages(monkeypatch):
     dl = DataLoader(x, y, 256, shuffle=True)
     assert dl.x is x and dl.gather == "batch"
     assert DataLoader(x, y, 256, shuffle=True, mean=0.5).x is not x
+
+
+@pytest.mark.skipif(not hugepages.available(), reason="no transparent huge pages here")
+@pytest.mark.parametrize("huge", [True, False])
+def test_epoch_buffers_follow_the_hugepages_flag(huge):
+    x, y = big_rows()
+    dl = DataLoader(x, y, 256, shuffle=True, hugepages=huge)
+    batches = iter(dl)
+    xb, _ = next(batches)  # a view of the epoch buffer
+    flags = mapping_of(xb.data_ptr())["VmFlags"].split()
+    assert ("hg" in flags) is huge

@@ -64,12 +64,13 @@ class DataLoader:
             gather per batch into fresh memory. ``"auto"`` (default): ``"epoch"`` up to
             ``EPOCH_GATHER_MAX`` bytes of ``x``, else ``"batch"``.
         hugepages: when shuffling a CPU split of ``HUGEPAGE_MIN`` bytes or more, keep the
-            loader's copy of ``x`` in 2 MiB pages (Linux with transparent huge pages; see
-            :mod:`handgrad.data.hugepages`). Random rows then stop missing the TLB one by
-            one, which takes 15-20% off the time of an epoch's gathers on MNIST. This
-            costs one copy of ``x`` unless it is normalized (which copies it anyway), so
-            without normalization it is only done up to ``EPOCH_GATHER_MAX`` bytes;
-            ``False`` keeps ``x`` as given.
+            loader's copy of ``x`` and its epoch buffers in 2 MiB pages (Linux with
+            transparent huge pages; see :mod:`handgrad.data.hugepages`). Random rows then
+            stop missing the TLB one by one, which takes 15-20% off the time of an epoch's
+            gathers on MNIST. This costs one copy of ``x`` unless it is normalized (which
+            copies it anyway), so without normalization it is only done up to
+            ``EPOCH_GATHER_MAX`` bytes; ``False`` keeps ``x`` as given and the buffers in
+            ordinary pages.
 
     Batches are views of (or gathered from) the loader's tensors: do not modify them in place.
 
@@ -123,18 +124,17 @@ class DataLoader:
         # Move first, normalize on the target device (faster there, and no second host copy).
         data_device = self.device if self.resident else x.device
         data_x, self.y = x.to(data_device), y.to(data_device)
+        # Rows read in random order from a split the TLB cannot cover: its copies go into
+        # huge pages (the loader's own copy of x, and the epoch buffers).
+        self._huge = (
+            hugepages and shuffle and data_x.device.type == "cpu" and data_x.nbytes >= HUGEPAGE_MIN
+        )
         paged = None
         normalize = mean is not None or std is not None
         # A copy that normalizing makes anyway goes into huge pages whatever its size; one
         # made only for them, up to EPOCH_GATHER_MAX (a second copy of a large split costs
         # more memory than its TLB misses cost time).
-        if (
-            hugepages
-            and shuffle
-            and data_x.device.type == "cpu"
-            and data_x.nbytes >= HUGEPAGE_MIN
-            and (normalize or data_x.nbytes <= EPOCH_GATHER_MAX)
-        ):
+        if self._huge and (normalize or data_x.nbytes <= EPOCH_GATHER_MAX):
             paged = hugepage_memory.empty(tuple(data_x.shape), data_x.dtype)  # None if unavailable
         if normalize:
             self.x = _normalize(data_x, mean, std, out=paged)
@@ -227,7 +227,7 @@ class DataLoader:
         )
         if free is None:
             shape = (len(idx), *x.shape[1:])
-            free = hugepage_memory.empty(shape, x.dtype) if x.nbytes >= HUGEPAGE_MIN else None
+            free = hugepage_memory.empty(shape, x.dtype) if self._huge else None
             if free is None:
                 free = torch.empty(shape, dtype=x.dtype, device=x.device)
             self._buffers = [*self._buffers[-1:], (free, _use_count(free))]
