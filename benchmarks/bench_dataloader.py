@@ -154,27 +154,27 @@ def main() -> None:
         on a shared machine do not (they vary by 10-15% from round to round). Returns
         seconds: ready steps, gathers, fed steps."""
         reset()
-        ready_s = gather_s = fed_s = 0.0
         batches = iter(loader)
+
+        def on_ready(xr: Tensor, yr: Tensor) -> float:
+            t0 = clock()
+            train_step(model, loss_fn, opt, xr, yr)
+            return clock() - t0
+
+        def on_loader() -> tuple[float, float]:  # (its next batch, the step on it)
+            t0 = clock()
+            xb, yb = next(batches)
+            t1 = clock()
+            train_step(model, loss_fn, opt, xb, yb)
+            return t1 - t0, clock() - t1
+
+        ready_s = gather_s = fed_s = 0.0
         for i, (xr, yr) in enumerate(ready):
             if i % 2:  # every other pair the loader goes first: no side always follows the other
-                t0 = clock()
-                xb, yb = next(batches)
-                t1 = clock()
-                train_step(model, loss_fn, opt, xb, yb)
-                t2 = clock()
-                train_step(model, loss_fn, opt, xr, yr)
-                t3 = clock()
-                ready_s, gather_s, fed_s = ready_s + t3 - t2, gather_s + t1 - t0, fed_s + t2 - t1
+                (gather, fed), mine = on_loader(), on_ready(xr, yr)
             else:
-                t0 = clock()
-                train_step(model, loss_fn, opt, xr, yr)
-                t1 = clock()
-                xb, yb = next(batches)
-                t2 = clock()
-                train_step(model, loss_fn, opt, xb, yb)
-                t3 = clock()
-                ready_s, gather_s, fed_s = ready_s + t1 - t0, gather_s + t2 - t1, fed_s + t3 - t2
+                mine, (gather, fed) = on_ready(xr, yr), on_loader()
+            ready_s, gather_s, fed_s = ready_s + mine, gather_s + gather, fed_s + fed
         return ready_s, gather_s, fed_s
 
     cases: dict[str, Callable[[], object]] = {
