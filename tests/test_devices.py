@@ -128,11 +128,28 @@ def test_module_to_keeps_parameter_objects() -> None:
     assert all(p.device.type == "meta" for p in model.parameters())
 
 
+def same_uniforms_everywhere(*shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+    """``torch.rand``'s stand-in: frac(i * golden ratio), in [0, 1), the same on every device."""
+    size = shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape
+    n = torch.Size(size).numel()
+    return (
+        (torch.arange(n, device=device, dtype=torch.float64) * 0.6180339887498949)
+        .frac()
+        .to(dtype or torch.get_default_dtype())
+        .view(size)
+    )
+
+
 @CUDA
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_case_on_cuda_matches_cpu(case) -> None:
+def test_case_on_cuda_matches_cpu(case, monkeypatch) -> None:
     """Same numbers on the GPU, everything on the GPU, and no synchronisation on the way
-    (``set_sync_debug_mode("error")`` raises on any blocking host-device call)."""
+    (``set_sync_debug_mode("error")`` raises on any blocking host-device call).
+
+    One seed gives different numbers on the CPU's and the GPU's generators, so Dropout would
+    draw different masks; ``torch.rand`` is replaced here by one fixed sequence, computed on
+    whichever device asks."""
+    monkeypatch.setattr(torch, "rand", same_uniforms_everywhere)
     module, inputs = prepare(case, "cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
