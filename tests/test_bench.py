@@ -18,14 +18,17 @@ TINY = ("--rows", "256", "--repeats", "1", "--no-memory", "--no-fast")
 def test_quick_bench_prints_table_and_json(tmp_path) -> None:
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     res = run_cli(
-        "bench", "--quick", *TINY, "--only", "W1,W2,W5", "--json", str(out), "--markdown", str(md)
-    )
+        "bench", "--quick", *TINY, "--only", "W1,W2,W5", "--device", "cpu",
+        "--json", str(out), "--markdown", str(md),
+    )  # fmt: skip
     assert res.status == 0, res.err + res.out
     for col in ("workload", "variant", "median", "vs torch", "GFLOP/s", "of peak", "peak mem"):
         assert col in res.out
     assert "W1 full batch" in res.out and "W2 epoch 784-50-10" in res.out and "rows/s" in res.out
     report = json.loads(out.read_text())
     assert report["machine"]["gemm_peak_gflops"] > 0
+    assert report["machine"]["device"] == "cpu" and report["machine"]["gpu"] is None
+    assert report["config"]["device"] == "cpu" and "VmHWM" in report["memory_method"]
     keys = [w["key"] for w in report["workloads"]]
     assert keys == ["W1", "W1", "W2", "W5", "W5"]
     for w in report["workloads"]:

@@ -42,6 +42,27 @@ How each number is measured:
   differences: Adam's first step is about ``lr * sign(g)``, so where a gradient is within
   rounding of zero the libraries may step apart). Otherwise the row says ``WRONG``, no
   speed-up is printed for it, and the command exits with status 1.
+
+On a GPU (``--device cuda``, or ``auto`` where PyTorch sees one), everything above runs on the
+device: the data, both sides' models, optimizer states and the floor's buffers are created
+there (random values drawn on the CPU from the same seeds, then copied, so both devices see the
+same numbers), and every timed interval starts and ends with ``torch.cuda.synchronize()``, so a
+time covers the kernels the run queued, not just their launch. Differences from the CPU run:
+
+- the compiled fast path (:mod:`handgrad.fast`) is C++ for the CPU: its variants (``handgrad
+  fast``, ``SGD fused``, ``FastLearner``) are skipped, with a note saying so;
+- ``--clock cpu`` is refused (process CPU time does not see GPU work); ``--threads`` only
+  affects the host side;
+- both sides compute in true float32: TF32 is switched off for matrix products and cuDNN
+  convolutions while the bench runs (PyTorch enables it for convolutions by default, which
+  would give the PyTorch side fewer mantissa bits than handgrad's matrix products);
+- the GEMM peak is the device's (a larger ``torch.mm``, synchronised);
+- **peak memory** is the GPU memory the caching allocator had allocated at its highest during
+  one run of each variant, over what was allocated just before it
+  (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, ``empty_cache`` and a
+  warm-up step), measured in this process, one variant after another: a process that has
+  initialised CUDA must not fork, and host RSS says nothing about the device;
+- the correctness guard compares the tensors on the CPU, in float64, outside any timing.
 """
 
 from __future__ import annotations
@@ -68,6 +89,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from .errors import HandgradError
 from .layers import Linear, ReLU
 from .module import Module, Sequential
 
@@ -96,6 +118,11 @@ class Config:
     threads: int | None = None
     clock: str = "wall"  # "wall" (perf_counter) or "cpu" (process CPU time: steadier when shared)
     seed: int = 0
+    device: str = "cpu"  # "cpu" or "cuda[:N]" (checked by the CLI with resolve_device)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
 
     def n(self, full: int, quick: int) -> int:
         """Rows for a workload: ``full`` by default, ``quick`` with ``--quick``, or ``rows``."""
@@ -130,32 +157,39 @@ class Batches:
         return Batches(self.x[: self.batch_size], self.y[: self.batch_size], self.batch_size)
 
 
-def make_data(rows: int, seed: int, *, regression: bool = False) -> tuple[Tensor, Tensor]:
-    """MNIST-shaped rows: pixels uniform in [0, 1], labels 0..9 (floats for regression)."""
+def make_data(
+    rows: int, seed: int, *, regression: bool = False, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """MNIST-shaped rows: pixels uniform in [0, 1], labels 0..9 (floats for regression), drawn
+    on the CPU (the same numbers on every device) and copied to ``device``."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(rows, 784, generator=g)  # (N, 784)
     y = torch.randint(0, 10, (rows,), generator=g)  # (N,)
-    return x, (y.float() if regression else y)
+    return x.to(device), (y.float() if regression else y).to(device)
 
 
 # ----------------------------------------------------------------------- models, both sides
 Init = list[tuple[Tensor, Tensor]]  # (weight (in, out), bias (out,)) per linear layer
 
 
-def mlp_init(sizes: list[int], seed: int) -> Init:
-    """Kaiming-initialised weights for a Linear-ReLU-...-Linear net of widths ``sizes``."""
+def mlp_init(sizes: list[int], seed: int, device: torch.device | str = "cpu") -> Init:
+    """Kaiming-initialised weights for a Linear-ReLU-...-Linear net of widths ``sizes``, drawn
+    on the CPU and copied to ``device`` (the models built from them live there too)."""
     g = torch.Generator().manual_seed(seed + 1)
     layers = [
         Linear(a, b, generator=g, nonlinearity="relu" if i < len(sizes) - 2 else "linear")
         for i, (a, b) in enumerate(itertools.pairwise(sizes))
     ]
-    return [(lin.weight.detach().clone(), lin.bias.detach().clone()) for lin in layers]
+    return [
+        (lin.weight.detach().to(device, copy=True), lin.bias.detach().to(device, copy=True))
+        for lin in layers
+    ]
 
 
 def handgrad_mlp(init: Init) -> Sequential:
     layers: list[Module] = []
     for i, (w, b) in enumerate(init):
-        lin = Linear(w.shape[0], w.shape[1])
+        lin = Linear(w.shape[0], w.shape[1]).to(w.device)  # then overwritten on the device
         with torch.no_grad():
             lin.weight.copy_(w)
             lin.bias.copy_(b)
@@ -166,7 +200,7 @@ def handgrad_mlp(init: Init) -> Sequential:
 def torch_mlp(init: Init) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (w, b) in enumerate(init):
-        lin = nn.Linear(w.shape[0], w.shape[1])
+        lin = nn.Linear(w.shape[0], w.shape[1], device=w.device)
         with torch.no_grad():
             lin.weight.copy_(w.t())  # torch stores (out, in)
             lin.bias.copy_(b)
@@ -189,20 +223,26 @@ def torch_twin(model: Module) -> nn.Module:
 
     if not isinstance(model, Sequential):
         raise TypeError(f"torch_twin: expected a Sequential, got {type(model).__name__}")
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
     out: list[nn.Module] = []
     for layer in model.layers:
         if isinstance(layer, Linear):
-            t: nn.Module = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
+            t: nn.Module = nn.Linear(
+                layer.in_features, layer.out_features, layer.bias is not None, device=device
+            )
             _copy(t, weight=layer.weight.t(), bias=layer.bias)
         elif isinstance(layer, Conv2d):
             g = layer.geometry
             t = nn.Conv2d(
                 layer.in_channels, layer.out_channels, g.kernel, g.stride, g.padding,
-                g.dilation, g.groups, bias=layer.bias is not None,
+                g.dilation, g.groups, bias=layer.bias is not None, device=device,
             )  # fmt: skip
             _copy(t, weight=layer.weight, bias=layer.bias)
         elif isinstance(layer, BatchNorm2d | BatchNormReLU2d):
-            t = nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum, layer.affine)
+            t = nn.BatchNorm2d(
+                layer.num_features, layer.eps, layer.momentum, layer.affine, device=device
+            )
             _copy(t, weight=layer.weight, bias=layer.bias)
             _copy(t, running_mean=layer.running_mean, running_var=layer.running_var)
             if isinstance(layer, BatchNormReLU2d):  # PyTorch's usual pair of modules
@@ -220,7 +260,7 @@ def torch_twin(model: Module) -> nn.Module:
         else:
             raise TypeError(f"torch_twin: no PyTorch equivalent known for {type(layer).__name__}")
         out.append(t)
-    return nn.Sequential(*out)
+    return nn.Sequential(*out).to(device)  # (parameter-free modules: nothing to move)
 
 
 def _copy(module: nn.Module, **tensors: Tensor | None) -> None:
@@ -384,7 +424,8 @@ class HandgradTrain:
             cls = FastLearner
         quiet = make_quiet_console()
         cbs = [Progress(quiet), Metrics(accuracy=metric_for("ce")), Recorder(), *callbacks]
-        return cls(self.model, self.loss_fn, self.opt, batches, None, callbacks=cbs)
+        device = self.batches.x.device  # the Learner moves the model where it is told
+        return cls(self.model, self.loss_fn, self.opt, batches, None, callbacks=cbs, device=device)
 
     def _grads_before_update(self, batches: Batches) -> dict[str, Tensor]:
         """The first batch's gradients from the compiled step without the update (a fused
@@ -508,11 +549,13 @@ class GemmFloor:
     def __init__(self, init: Init, batches: Batches, input_grad: bool = False):
         self.init, self.batches, self.input_grad = init, batches, input_grad
         g = torch.Generator().manual_seed(0)
-        n = batches.batch_size
-        self.outs = [torch.empty(n, w.shape[1]) for w, _ in init]  # forward outputs
-        self.grads = [torch.randn(n, w.shape[1], generator=g) for w, _ in init]  # d_k
-        self.dws = [torch.empty(w.shape[1], w.shape[0]) for w, _ in init]  # dW_k^T
-        self.dxs = [torch.empty(n, w.shape[0]) for w, _ in init]  # d_k @ W_k^T
+        n, dev = batches.batch_size, init[0][0].device
+        self.outs = [torch.empty(n, w.shape[1], device=dev) for w, _ in init]  # forward outputs
+        self.grads = [
+            torch.randn(n, w.shape[1], generator=g).to(dev) for w, _ in init
+        ]  # d_k (N, out_k), drawn on the CPU
+        self.dws = [torch.empty(w.shape[1], w.shape[0], device=dev) for w, _ in init]  # dW_k^T
+        self.dxs = [torch.empty(n, w.shape[0], device=dev) for w, _ in init]  # d_k @ W_k^T
 
     def run(self) -> None:
         init, outs, grads, dws, dxs = self.init, self.outs, self.grads, self.dws, self.dxs
@@ -596,6 +639,12 @@ def fast_available(cfg: Config) -> tuple[bool, str]:
     """Whether the compiled fast path can be used here (building it on first use)."""
     if not cfg.fast:
         return False, "fast path disabled (--no-fast)"
+    if cfg.torch_device.type != "cpu":
+        # not even probed: building the extension takes minutes and it could not run anyway
+        return False, (
+            f"not on {cfg.device}: handgrad.fast is a C++ extension for CPU tensors, so its "
+            "variants (handgrad fast, SGD fused, FastLearner) are skipped"
+        )
     try:
         from .fast import fast_path_status
     except ImportError as exc:  # pragma: no cover - the module ships with handgrad
@@ -659,8 +708,8 @@ W5_BATCHES = ((1, 2_000, 500), (1024, 50_176, 10_240))
 
 def _w1(cfg: Config, input_grad: bool, fast_ok: bool) -> Workload:
     rows = cfg.n(50_000, 10_000)
-    x, y = make_data(rows, cfg.seed, regression=True)
-    init = mlp_init([784, 50, 1], cfg.seed)
+    x, y = make_data(rows, cfg.seed, regression=True, device=cfg.device)
+    init = mlp_init([784, 50, 1], cfg.seed, cfg.device)
     names = [n for n, _ in handgrad_mlp(init).named_parameters()]
     variants = [
         Variant("torch eager", lambda: TorchGrad(init, x, y, names, input_grad), role="torch"),
@@ -690,9 +739,9 @@ def _train(
     skipped: list[str],
 ) -> Workload:
     rows = cfg.n(50_000, 10_000)
-    x, y = make_data(rows, cfg.seed)
+    x, y = make_data(rows, cfg.seed, device=cfg.device)
     b = Batches(x, y, batch)
-    init = mlp_init(sizes, cfg.seed)
+    init = mlp_init(sizes, cfg.seed, cfg.device)
     names = [n for n, _ in handgrad_mlp(init).named_parameters()]
     variants = [
         Variant(
@@ -753,9 +802,10 @@ def _w4(cfg: Config) -> Workload:
     from .models import build_model
 
     rows = cfg.n(10_000, 1_024)
-    x, y = make_data(rows, cfg.seed)
+    x, y = make_data(rows, cfg.seed, device=cfg.device)
     b = Batches(x, y, W4_BATCH)
     ref = build_model("cnn", generator=torch.Generator().manual_seed(cfg.seed + 1))
+    ref.to(cfg.device)  # built on the CPU (its generator is a CPU one), then moved
     names = [n for n, _ in ref.named_parameters()]
     s = W4_SMOOTHING
 
@@ -780,8 +830,8 @@ def _w4(cfg: Config) -> Workload:
 
 def _w5(cfg: Config, batch: int, full: int, quick: int, fast_ok: bool) -> Workload:
     rows = cfg.n(full, quick)
-    x, _ = make_data(rows, cfg.seed)
-    init = mlp_init([784, 256, 128, 10], cfg.seed)
+    x, _ = make_data(rows, cfg.seed, device=cfg.device)
+    init = mlp_init([784, 256, 128, 10], cfg.seed, cfg.device)
     variants = [
         Variant("torch eager", lambda: TorchInfer(init, x, batch), role="torch"),
         Variant("handgrad", lambda: HandgradInfer(init, x, batch)),
@@ -848,7 +898,9 @@ def compare(ours: dict[str, Tensor], ref: dict[str, Tensor]) -> Guard:
             return Guard(False, None, f"{name}: shape {tuple(a.shape)} vs {tuple(b.shape)}")
         if not b.numel():
             continue
-        a64, b64 = a.detach().double().reshape(-1), b.detach().double().reshape(-1)
+        # on the CPU in float64, whatever device the runs used (a GPU gives the same answer)
+        a64 = a.detach().to("cpu", torch.float64).reshape(-1)
+        b64 = b.detach().to("cpu", torch.float64).reshape(-1)
         scale = max(b64.abs().max().item(), 1e-12)
         diff = (a64 - b64).abs() / scale
         if not bool(torch.isfinite(a64).all()) or not bool(torch.isfinite(b64).all()):
@@ -875,27 +927,52 @@ def probe_with_flops(job: Job) -> tuple[dict[str, Tensor], float]:
     return out, float(counter.get_total_flops())
 
 
-def gemm_peak(n: int, repeats: int = 5) -> float:
-    """This machine's single-precision GEMM rate in FLOP/s: the best of ``repeats`` (n, n) @
-    (n, n) products (after one untimed call)."""
+def gemm_peak(n: int, repeats: int = 5, device: torch.device | str = "cpu") -> float:
+    """This machine's (or GPU's) single-precision GEMM rate in FLOP/s: the best of ``repeats``
+    (n, n) @ (n, n) products on ``device`` (after one untimed call), each synchronised."""
+    sync = make_sync(torch.device(device))
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    out = torch.empty(n, n)
+    a = torch.randn(n, n, generator=g).to(device)  # drawn on the CPU: (n, n)
+    b = torch.randn(n, n, generator=g).to(device)  # (n, n)
+    out = torch.empty(n, n, device=device)
     torch.mm(a, b, out=out)
     best = math.inf
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         torch.mm(a, b, out=out)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3 / best
 
 
+def gemm_size(cfg: Config) -> int:
+    """The GEMM peak's matrix size: a GPU needs a far larger product than the CPU to be busy
+    for long enough to time (8192: about 20 ms at 60 TFLOP/s)."""
+    if cfg.torch_device.type == "cuda":
+        return 4096 if cfg.quick or cfg.rows else 8192
+    return 1024 if cfg.quick or cfg.rows else 2048
+
+
+def make_sync(device: torch.device) -> Callable[[], None]:
+    """What brackets every timed interval: ``torch.cuda.synchronize`` on a GPU (a time must
+    cover the kernels a run queued, not only their launch), nothing on the CPU."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
 def time_workload(
-    w: Workload, progress: Callable[[str], None], clock: Callable[[], float] = time.perf_counter
+    w: Workload,
+    progress: Callable[[str], None],
+    clock: Callable[[], float] = time.perf_counter,
+    sync: Callable[[], None] = lambda: None,
 ) -> dict[str, list[float]]:
+    """Times of every variant's ``run``, ``w.repeats`` rounds in rotating order; ``sync``
+    (see :func:`make_sync`) is called just before each start and each stop."""
     jobs = {v.label: v.make() for v in w.variants}
     for label, job in jobs.items():
-        if w.warmup:
+        if w.warmup:  # on a GPU this also pays for cuBLAS/cuDNN handles and kernel loading
             progress(f"{w.key} warm-up: {label}")
             job.run()
     times: dict[str, list[float]] = {label: [] for label in jobs}
@@ -905,8 +982,10 @@ def time_workload(
         k = r % len(labels)
         for label in labels[k:] + labels[:k]:  # rotate: nobody always runs first
             gc.collect()
+            sync()
             t0 = clock()
             jobs[label].run()
+            sync()
             times[label].append(clock() - t0)
     return times
 
@@ -1008,14 +1087,119 @@ def _memory_once(cfg: Config, w: Workload, variants: list[Variant]) -> dict[str,
     return {k: int(b) for k, b in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 
+# ------------------------------------------------------------------------- peak memory (GPU)
+class DeviceMemory(Protocol):
+    """The allocator statistics :func:`device_peak` needs (:class:`CudaMemory` on a GPU)."""
+
+    def synchronize(self) -> None: ...
+
+    def empty_cache(self) -> None: ...
+
+    def reset_peak(self) -> None: ...
+
+    def allocated(self) -> int: ...
+
+    def max_allocated(self) -> int: ...
+
+
+class CudaMemory:
+    """PyTorch's CUDA caching allocator: bytes handed out to tensors (not the cached pool)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated(self.device)
+
+    def max_allocated(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def device_peak(make: Callable[[], Job], mem: DeviceMemory) -> int:
+    """Extra peak device memory (bytes) of one ``run`` of a fresh job over what was allocated
+    just before it (its data, model and whatever else lives in this process), the GPU's
+    counterpart of :func:`_measure_peak`. A first fresh job takes one step so that library
+    handles and workspaces exist (and stay allocated) before the peak counter is reset."""
+    make().probe()
+    job = make()
+    gc.collect()
+    mem.synchronize()
+    mem.empty_cache()
+    mem.reset_peak()
+    before = mem.allocated()
+    job.run()
+    mem.synchronize()
+    return max(0, mem.max_allocated() - before)
+
+
+def measure_device_memory(variants: list[Variant], mem: DeviceMemory) -> dict[str, int]:
+    """Each variant's :func:`device_peak`, one after another in this process (never forked:
+    a process that has initialised CUDA cannot fork safely)."""
+    return {v.label: device_peak(v.make, mem) for v in variants}
+
+
+@contextlib.contextmanager
+def exact_float32(device: torch.device) -> Iterator[dict[str, bool]]:
+    """On a GPU, switch TF32 off for matrix products and cuDNN convolutions while the bench
+    runs (PyTorch allows it for convolutions by default): both sides compute in float32.
+    Yields the flags in effect (recorded in the report); restores them afterwards."""
+    if device.type != "cuda":
+        yield {}
+        return
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32 = False
+    cudnn.allow_tf32 = False
+    try:
+        yield {"matmul_tf32": bool(matmul.allow_tf32), "cudnn_tf32": bool(cudnn.allow_tf32)}
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+CPU_MEMORY_METHOD = (
+    "peak RSS over the pre-run RSS in a process of its own, forked from a fresh one-thread "
+    "process that built the workload (VmHWM reset via /proc/self/clear_refs after a warm-up "
+    "step and malloc_trim)"
+)
+GPU_MEMORY_METHOD = (
+    "peak GPU memory allocated by PyTorch's CUDA caching allocator during one run "
+    "(torch.cuda.max_memory_allocated) over what was allocated just before it, in this "
+    "process, after a warm-up step, empty_cache and reset_peak_memory_stats"
+)
+
+
 # ------------------------------------------------------------------------------------ run
 def run_bench(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run every selected workload; return everything the table and ``--json`` show."""
+    device = cfg.torch_device
+    if device.type == "cuda" and cfg.clock == "cpu":
+        raise HandgradError(
+            "--clock cpu: process CPU time does not count GPU work; use --clock wall with cuda"
+        )
+    with exact_float32(device) as precision:
+        report = _run_bench(cfg, device, progress)
+    report["machine"]["float32"] = precision
+    return report
+
+
+def _run_bench(
+    cfg: Config, device: torch.device, progress: Callable[[str], None]
+) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.time()
-    progress("measuring the GEMM peak")
-    peak = gemm_peak(1024 if cfg.quick or cfg.rows else 2048)
+    sync = make_sync(device)
+    progress(f"measuring the GEMM peak on {device}")
+    peak = gemm_peak(gemm_size(cfg), device=device)
     progress("building workloads")
     workloads, skipped = build_workloads(cfg)
     results: list[Result] = []
@@ -1031,7 +1215,7 @@ def run_bench(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> 
                 row.guard = compare(v.make().probe(), ref)
             rows[v.label] = row
         clock = time.process_time if cfg.clock == "cpu" else time.perf_counter
-        times = time_workload(w, progress, clock)
+        times = time_workload(w, progress, clock, sync)
         for label, ts in times.items():
             rows[label].times = ts
             rows[label].median = statistics.median(ts)
@@ -1046,41 +1230,46 @@ def run_bench(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> 
         results.append(Result(w.key, w.title, w.unit, w.rows, flops, list(rows.values())))
     # The peak again at the end, the better of the two: a neighbour's burst during one
     # measurement would otherwise inflate every "of peak" figure.
-    peak = max(peak, gemm_peak(1024 if cfg.quick or cfg.rows else 2048))
+    peak = max(peak, gemm_peak(gemm_size(cfg), device=device))
     for r in results:
         for row in r.results:
             if row.gflops is not None:
                 row.peak_fraction = row.gflops * 1e9 / peak
     if cfg.memory:
-        # After all the timing: the fresh processes run side by side (memory is not time).
+        # After all the timing.
         jobs = [
             (w, r, [v for v in w.variants if v.role != "floor"])
             for w, r in zip(workloads, results, strict=True)
         ]
         n_variants = sum(len(vs) for _, _, vs in jobs)
-        progress(f"peak memory: {n_variants} variants, each in its own process")
-        workers = max(1, min(4, os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            peaks = pool.map(lambda job: measure_memory(cfg, job[0], job[2]), jobs)
-            for (_, r, _), by_label in zip(jobs, peaks, strict=True):
-                for row in r.results:
-                    if by_label is not None and row.label in by_label:
-                        row.peak_bytes = by_label[row.label]
+        peaks: Iterator[dict[str, int] | None]
+        if device.type == "cuda":
+            progress(f"peak GPU memory: {n_variants} variants, one after another")
+            mem = CudaMemory(device)
+            peaks = (measure_device_memory(vs, mem) for _, _, vs in jobs)
+        else:  # the fresh processes run side by side (memory is not time)
+            progress(f"peak memory: {n_variants} variants, each in its own process")
+            workers = max(1, min(4, os.cpu_count() or 1))
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                peaks = iter(list(pool.map(lambda job: measure_memory(cfg, job[0], job[2]), jobs)))
+        for (_, r, _), by_label in zip(jobs, peaks, strict=True):
+            for row in r.results:
+                if by_label is not None and row.label in by_label:
+                    row.peak_bytes = by_label[row.label]
+    gpu = device.type == "cuda"
     return {
-        "machine": machine_info(peak),
+        "machine": machine_info(peak, device),
         "config": asdict(cfg),
         "seconds": time.time() - started,
         "skipped": skipped,
         "workloads": [asdict(r) for r in results],
-        "targets": targets([asdict(r) for r in results]),
+        "targets": targets([asdict(r) for r in results], gpu=gpu),
         "guard_rtol": GUARD_RTOL,
-        "memory_method": "peak RSS over the pre-run RSS in a process of its own, forked from a "
-        "fresh one-thread process that built the workload (VmHWM reset via /proc/self/clear_refs "
-        "after a warm-up step and malloc_trim)",
+        "memory_method": GPU_MEMORY_METHOD if gpu else CPU_MEMORY_METHOD,
     }
 
 
-def machine_info(peak: float) -> dict[str, Any]:
+def machine_info(peak: float, device: torch.device | None = None) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1088,12 +1277,21 @@ def machine_info(peak: float) -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    device = device or torch.device("cpu")
+    gpu = None
+    if device.type == "cuda":
+        from .devices import describe
+
+        gpu = torch.cuda.get_device_name(device)
     return {
+        "device": describe(device) if device.type == "cuda" else "cpu",
+        "gpu": gpu,  # the GPU's name, None on the CPU
+        "cuda": torch.version.cuda if gpu else None,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "gemm_peak_gflops": peak / 1e9,
+        "gemm_peak_gflops": peak / 1e9,  # of the device the bench ran on
         "load_average": list(load),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "python": platform.python_version(),
@@ -1101,8 +1299,9 @@ def machine_info(peak: float) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- targets
-def targets(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 6's targets, each with the measured value and whether it is met."""
+def targets(workloads: list[dict[str, Any]], *, gpu: bool = False) -> list[dict[str, Any]]:
+    """Issue 6's targets, each with the measured value and whether it is met (on a GPU the
+    memory targets compare allocated GPU memory)."""
     out: list[dict[str, Any]] = []
 
     def best(w: dict[str, Any]) -> dict[str, Any] | None:
@@ -1145,9 +1344,12 @@ def targets(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if r["role"] == "handgrad" and r["peak_bytes"] is not None and ref["peak_bytes"]:
                 excess = r["peak_bytes"] - ref["peak_bytes"]
                 note = " (within the ~1 MiB resolution of RSS)" if 0 < excess <= 2**20 else ""
+                what = "peak GPU memory" if gpu else "peak memory"
+                if gpu:
+                    note = ""  # the allocator's counts are exact (to its 512-byte blocks)
                 out.append(
                     {
-                        "target": f"{w['key']} ({w['title']}): {r['label']} peak memory <= torch",
+                        "target": f"{w['key']} ({w['title']}): {r['label']} {what} <= torch",
                         "value": f"{r['peak_bytes'] / 2**20:.1f} vs "
                         f"{ref['peak_bytes'] / 2**20:.1f} MiB{note}",
                         "met": excess <= MEMORY_SLACK,
@@ -1171,9 +1373,8 @@ def render(report: dict[str, Any]) -> Any:
 
     m = report["machine"]
     t = Table(
-        title=f"handgrad vs PyTorch eager, same process, alternating, median; {m['cpu']}, "
-        f"torch {m['torch']}, {m['threads']} threads, {report['config']['clock']} clock, GEMM "
-        f"peak {m['gemm_peak_gflops']:.0f} GFLOP/s",
+        title=f"handgrad vs PyTorch eager, same process, alternating, median; {_where(m)}, "
+        f"{report['config']['clock']} clock, GEMM peak {m['gemm_peak_gflops']:.0f} GFLOP/s",
         title_justify="left",
     )
     for col, just in (
@@ -1183,7 +1384,7 @@ def render(report: dict[str, Any]) -> Any:
         ("vs torch", "right"),
         ("GFLOP/s", "right"),
         ("of peak", "right"),
-        ("peak mem", "right"),
+        (_mem_column(m), "right"),
         ("check", "left"),
     ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -1208,12 +1409,12 @@ def to_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     load = ", ".join(f"{v:.2f}" for v in m["load_average"])
     lines = [
-        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
-        f"{report['config']['clock']} clock, GEMM peak {m['gemm_peak_gflops']:.0f} GFLOP/s; "
-        f"{m['date']}; load average at the "
+        f"{_where(m)}, {report['config']['clock']} clock, GEMM peak "
+        f"{m['gemm_peak_gflops']:.0f} GFLOP/s; {m['date']}; load average at the "
         f"end {load}; {report['seconds']:.0f} s in all.",
         "",
-        "| workload | variant | median | vs torch | GFLOP/s | of peak | peak mem | check |",
+        "| workload | variant | median | vs torch | GFLOP/s | of peak | "
+        f"{_mem_column(m)} | check |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for w in report["workloads"]:
@@ -1233,6 +1434,19 @@ def to_markdown(report: dict[str, Any]) -> str:
     for t in report["targets"]:
         lines.append(f"- {'met' if t['met'] else '**missed**'}: {t['target']}: {t['value']}")
     return "\n".join(lines) + "\n"
+
+
+def _where(m: dict[str, Any]) -> str:
+    """Where the bench ran, for a title: the GPU (with the host CPU) or the CPU."""
+    if m.get("gpu"):
+        return f"GPU {m['device']}, CUDA {m['cuda']}, host {m['cpu']}, torch {m['torch']}, " + (
+            "TF32 ON" if any(m.get("float32", {}).values()) else "TF32 off (true float32)"
+        )
+    return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads"
+
+
+def _mem_column(m: dict[str, Any]) -> str:
+    return "peak GPU mem (allocated)" if m.get("gpu") else "peak mem"
 
 
 def _fmt_time(median: float, w: dict[str, Any]) -> str:

@@ -4,10 +4,16 @@
     handgrad bench --quick             # small sizes, under a minute
     handgrad bench --only W2,W3 --json results.json
     handgrad bench --threads 1         # both sides single-threaded
+    handgrad bench --device cuda       # on the GPU (fast path skipped, GPU memory measured)
 
 Both sides run in this process, alternating, several rounds; the table shows medians. A
 handgrad variant whose parameters disagree with PyTorch's after one step is marked WRONG and
 gets no speed-up (exit status 1). See handgrad.bench for how each column is measured.
+
+With --device cuda everything (data, both models, optimizers) lives on the GPU, each timed
+interval is bracketed by torch.cuda.synchronize(), TF32 is off on both sides, the CPU-only
+compiled fast path is skipped, --clock cpu is refused, and "peak mem" is the GPU memory
+PyTorch's caching allocator had allocated at its highest during one run (max_memory_allocated).
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..bench import Config, render, run_bench, to_markdown
+from ..devices import resolve_device
 from ..errors import HandgradError
 from ..ui import make_console
 
@@ -35,12 +44,18 @@ def add(sub: Any) -> None:
     p.add_argument("--only", default="", help="comma-separated workloads, e.g. W2,W3")
     p.add_argument("--rows", type=int, help="rows of data for every workload (overrides sizes)")
     p.add_argument("--repeats", type=int, help="timed rounds per workload (median reported)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda, cuda:N, or auto (cuda where PyTorch sees a GPU, else cpu)",
+    )
     p.add_argument("--threads", type=int, help="torch intra-op threads for both sides")
     p.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
-        help="wall time, or process CPU time (steadier on a shared machine, with --threads 1)",
+        help="wall time, or process CPU time (steadier on a shared machine, with --threads 1; "
+        "CPU only)",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument(
@@ -65,6 +80,12 @@ def parse_config(args: argparse.Namespace) -> Config:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise HandgradError(f"--{name} {value}: must be a positive integer")
+    device = _device(args.device)
+    if device.type == "cuda" and args.clock == "cpu":
+        raise HandgradError(
+            "--clock cpu: process CPU time does not count GPU work; use --clock wall (the "
+            "default) with --device cuda"
+        )
     return Config(
         quick=args.quick,
         rows=args.rows,
@@ -76,7 +97,19 @@ def parse_config(args: argparse.Namespace) -> Config:
         threads=args.threads,
         clock=args.clock,
         seed=args.seed,
+        device=str(device),
     )
+
+
+def _device(name: str) -> torch.device:
+    """``--device``: ``auto`` is cuda where PyTorch sees a GPU, else the CPU (the bench does
+    not support Apple's MPS); anything else is checked by :func:`resolve_device`."""
+    if name.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(name)
+    if device.type not in ("cpu", "cuda"):
+        raise HandgradError(f"--device {name}: handgrad bench runs on cpu or cuda only")
+    return device
 
 
 def run(args: argparse.Namespace) -> int:
