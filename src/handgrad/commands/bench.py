@@ -57,12 +57,13 @@ def add(sub: Any) -> None:
         help="wall time, or process CPU time (steadier on a shared machine, with --threads 1; "
         "CPU only)",
     )
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument(
         "--memory-repeats",
         type=int,
         default=1,
-        help="fresh processes per peak-memory figure (median; small workloads vary by ~1 MiB)",
+        help="fresh processes per peak-memory figure (median; small workloads vary by ~1 MiB; "
+        "CPU only: on cuda the allocator's counts are exact, one run each)",
     )
     p.add_argument("--no-fast", action="store_true", help="skip the compiled fast path")
     p.add_argument("--seed", type=int, default=0)
