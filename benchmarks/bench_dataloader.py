@@ -6,7 +6,9 @@
 Measured in one process, alternating, median of ``--repeats`` rounds:
 
 - handgrad's loader, shuffled: one gather of the whole epoch into a buffer the loader reuses,
-  then views (the default), and the alternative: one ``index_select`` per batch;
+  then views (the default; the gather is the compiled row copy of ``handgrad.data.rowcopy``
+  where it builds), the same with ``torch.index_select`` for the gather (``compiled=False``),
+  and one ``index_select`` per batch (``gather="batch"``);
 - the same loader in sequential order (views, the floor);
 - PyTorch's ``DataLoader`` over a ``TensorDataset`` (per-item indexing and collate), shuffled;
 - one training epoch of the lesson's 784-50-10 MLP (handgrad ``Linear``, ``ReLU``,
@@ -35,7 +37,7 @@ import torch
 from rich.table import Table
 from torch import Tensor
 
-from handgrad.data import DataLoader
+from handgrad.data import DataLoader, rowcopy
 from handgrad.layers import Linear, ReLU
 from handgrad.losses import CrossEntropyLoss
 from handgrad.module import Module, Sequential
@@ -99,6 +101,7 @@ def main() -> None:
     mean, std = float(x.mean()), float(x.std())
 
     default_dl = DataLoader(x, y, bs, shuffle=True, seed=1)
+    by_index_select = DataLoader(x, y, bs, shuffle=True, seed=1, compiled=False)
     per_batch = DataLoader(x, y, bs, shuffle=True, seed=1, gather="batch")
     sequential = DataLoader(x, y, bs)
     normalized = DataLoader(x, y, bs, shuffle=True, seed=1, mean=mean, std=std)
@@ -136,11 +139,15 @@ def main() -> None:
         for xb, yb in ready:
             train_step(model, loss_fn, opt, xb, yb)
 
+    # lr = 0: the same work per step, but fitting one batch 782 times would drive the softmax
+    # into subnormal floats, which are many times slower (3 s instead of 0.5 s an epoch).
+    frozen = SGD(model.parameters(), lr=0.0)
+
     def cached_epoch() -> None:  # one batch, always in cache: the model without data traffic
         reset()
         xb, yb = ready[0]
         for _ in ready:
-            train_step(model, loss_fn, opt, xb, yb)
+            train_step(model, loss_fn, frozen, xb, yb)
 
     def loader_epoch() -> None:
         reset()
@@ -179,6 +186,7 @@ def main() -> None:
 
     cases: dict[str, Callable[[], object]] = {
         "loader: shuffled, one gather per epoch (default)": lambda: consume(default_dl),
+        "loader: shuffled, epoch gathered by index_select": lambda: consume(by_index_select),
         "loader: shuffled, index_select per batch": lambda: consume(per_batch),
         "loader: sequential (views)": lambda: consume(sequential),
         "the same gathers from a 1,000-row source (in cache)": gather_from_cache,
@@ -214,6 +222,8 @@ def main() -> None:
     }
 
     console = make_console()
+    built, why = rowcopy.status()
+    console.print(f"compiled row copy: {'in use' if built else 'unavailable: ' + why}")
     t = Table(
         title=f"{args.rows:,} x 784 rows, batch {bs} ({len(default_dl)} batches), median of "
         f"{args.repeats} rounds, torch {torch.__version__}, {torch.get_num_threads()} threads"
@@ -241,7 +251,11 @@ def main() -> None:
         f"whole epochs, end to end: fed by the loader {100 * extra:+.1f}% versus batches ready "
         "(whole epochs timed apart: see the paired figure below)"
     )
-    for name, loader in (("per batch", per_batch), ("per epoch (default)", default_dl)):
+    for name, loader in (
+        ("per batch", per_batch),
+        ("per epoch by index_select", by_index_select),
+        ("per epoch (default)", default_dl),
+    ):
         paired_epoch(loader)  # warm-up
         rounds = [paired_epoch(loader) for _ in range(args.repeats)]
         ready_s = statistics.median(r[0] for r in rounds)

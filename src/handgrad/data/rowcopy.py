@@ -1,0 +1,156 @@
+"""The DataLoader's compiled row copy: ``out[j] = x[idx[j]]`` with streaming stores.
+
+``rowcopy.c`` is one small C function. It is compiled with the system's C compiler on first
+use (a fraction of a second; cached beside the fast path's build, in ``$TORCH_EXTENSIONS_DIR``
+or ``~/.cache/torch_extensions``) and called through :mod:`ctypes`, which lets go of the GIL
+while it runs. Where it cannot be built (no compiler, ``HANDGRAD_FAST=0``) or the tensors do
+not suit it, :func:`gather_rows` says so by returning ``False`` and the caller uses
+``torch.index_select``: the rows are the same, bit for bit, only slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sysconfig
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_SOURCE = Path(__file__).with_name("rowcopy.c")
+#: Below this many bytes of x per thread, more threads cost more to start than they save.
+PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+
+_library: ctypes.CDLL | None = None
+_failure: str | None = None
+
+
+def build_dir() -> Path:
+    """Where compiled code is cached: torch's extension folder, shared with the fast path."""
+    env = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "torch_extensions"
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled library, built on first use; ``None`` (with :func:`status` saying why)
+    where it cannot be."""
+    global _library, _failure
+    if _library is not None or _failure is not None:
+        return _library
+    if os.environ.get("HANDGRAD_FAST", "1") == "0":
+        _failure = "disabled by HANDGRAD_FAST=0"
+        return None
+    compiler = _compiler()
+    # Source, compiler and machine in the name: a cached build is only ever this one.
+    key = f"{_SOURCE.read_text()}\0{compiler}\0{platform.machine()}".encode()
+    target = build_dir() / f"handgrad_rowcopy_{hashlib.sha256(key).hexdigest()[:12]}.so"
+    try:
+        if not target.exists():
+            _compile(compiler, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        _failure = (
+            f"building {_SOURCE.name} failed: {(lines[0] if lines else type(exc).__name__)[:200]}"
+        )
+        return None
+    fn = lib.handgrad_scatter_rows
+    fn.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
+    fn.restype = None
+    _library = lib
+    return lib
+
+
+def _compile(compiler: list[str], target: Path) -> None:
+    """Compile into a temporary file beside ``target`` and rename it into place: a reader (or
+    another process building the same file) never sees half a library."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.stem, suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [*compiler, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise subprocess.SubprocessError(done.stderr.strip() or f"exit {done.returncode}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def status() -> tuple[bool, str]:
+    """``(True, "")`` if the compiled row copy loads, else ``(False, reason)``."""
+    lib = load()
+    return (lib is not None, "" if lib is not None else str(_failure))
+
+
+def gather_rows(x: Tensor, idx: Tensor, out: Tensor) -> bool:
+    """Write ``x[idx]`` into ``out`` (``(len(idx), *x.shape[1:])``), like
+    ``torch.index_select(x, 0, idx, out=out)``, and return ``True``; or return ``False``
+    without touching ``out`` where the compiled copy is unavailable or does not apply (not
+    contiguous CPU tensors of one dtype, or ``idx`` naming a row twice).
+
+    It walks ``x`` in order and sends each chosen row to its place (see ``rowcopy.c``), so it
+    first inverts the order: ``dest[i]`` = where row ``i`` goes, or -1.
+    """
+    if not (
+        x.device.type == "cpu"
+        and out.device.type == "cpu"
+        and x.dtype == out.dtype
+        and x.is_contiguous()
+        and out.is_contiguous()
+        and out.shape == (len(idx), *x.shape[1:])
+    ):
+        return False
+    lib = load()
+    if lib is None:
+        return False
+    dest = torch.full((len(x),), -1, dtype=torch.int64)  # (N,)
+    dest[idx] = torch.arange(len(idx))  # dest[idx[j]] = j
+    if int((dest >= 0).sum()) != len(idx):  # a repeated row: one of its places stays empty
+        return False
+    row_bytes = math.prod(x.shape[1:]) * x.element_size()
+    # As many threads as torch uses for its own ops (index_select would), each taking a
+    # contiguous range of x's rows, but none for less than PARALLEL_MIN_BYTES.
+    threads = max(1, min(torch.get_num_threads(), x.nbytes // PARALLEL_MIN_BYTES))
+    bounds = [len(x) * k // threads for k in range(threads + 1)]
+
+    def part(k: int) -> None:  # ctypes lets go of the GIL for the call: the parts run at once
+        lo, hi = bounds[k], bounds[k + 1]
+        lib.handgrad_scatter_rows(
+            x.data_ptr() + lo * row_bytes, dest.data_ptr() + lo * 8, hi - lo, row_bytes,
+            out.data_ptr(),
+        )  # fmt: skip
+
+    helpers = [threading.Thread(target=part, args=(k,)) for k in range(1, threads)]
+    for t in helpers:
+        t.start()
+    part(0)
+    for t in helpers:
+        t.join()
+    return True
