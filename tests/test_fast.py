@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from handgrad import fast
+from handgrad.compiled import Build
 from handgrad.errors import HandgradError
 from handgrad.fast import FastStep
 from handgrad.layers import Linear, ReLU
@@ -139,8 +140,7 @@ def test_bad_labels_raise_the_readable_error(compiled) -> None:
 
 
 def test_disabled_by_environment(monkeypatch) -> None:
-    monkeypatch.setattr(fast, "_extension", None)
-    monkeypatch.setattr(fast, "_failure", None)
+    monkeypatch.setattr(fast, "_extension", Build(fast._SOURCE, fast._build))
     monkeypatch.setenv("HANDGRAD_FAST", "0")
     ok, why = fast.fast_path_status()
     assert not ok and "HANDGRAD_FAST=0" in why

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from handgrad.compiled import Build
 from handgrad.data import DataLoader, rowcopy
 
 needs_build = pytest.mark.skipif(
@@ -98,8 +99,7 @@ def test_declines_what_it_cannot_copy(case) -> None:
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
     """The row copy as on a machine where it was never built, building into ``tmp_path``."""
-    monkeypatch.setattr(rowcopy, "_library", None)
-    monkeypatch.setattr(rowcopy, "_failure", None)
+    monkeypatch.setattr(rowcopy, "build", Build(rowcopy._SOURCE, rowcopy._load))
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     return tmp_path
 
@@ -126,7 +126,7 @@ def test_built_once_then_loaded_from_the_cache(fresh, monkeypatch) -> None:
     assert rowcopy.status()[0]
     (built,) = fresh.iterdir()
     assert built.name.startswith("handgrad_rowcopy_") and built.suffix == ".so"
-    monkeypatch.setattr(rowcopy, "_library", None)
+    monkeypatch.setattr(rowcopy, "build", Build(rowcopy._SOURCE, rowcopy._load))
 
     def no_second_build(*args: object) -> None:
         raise AssertionError("compiled again")

@@ -1,10 +1,10 @@
 """The DataLoader's compiled row copy: ``out[j] = x[idx[j]]`` with streaming stores.
 
 ``rowcopy.c`` is one small C function. It is compiled with the system's C compiler on first
-use (a fraction of a second; cached beside the fast path's build, in ``$TORCH_EXTENSIONS_DIR``
-or ``~/.cache/torch_extensions``) and called through :mod:`ctypes`, which lets go of the GIL
-while it runs. Where it cannot be built (no compiler, ``HANDGRAD_FAST=0``) or the tensors do
-not suit it, :func:`gather_rows` says so by returning ``False`` and the caller uses
+use (a fraction of a second; cached beside the fast path's build, see
+:mod:`handgrad.compiled`) and called through :mod:`ctypes`, which lets go of the GIL while it
+runs. Where it cannot be built (no compiler, ``HANDGRAD_FAST=0``) or the tensors do not suit
+it, :func:`gather_rows` says so by returning ``False`` and the caller uses
 ``torch.index_select``: the rows are the same, bit for bit, only slower.
 """
 
@@ -25,50 +25,26 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..compiled import Build, build_dir
+
 _SOURCE = Path(__file__).with_name("rowcopy.c")
 #: Below this many bytes of x per thread, more threads cost more to start than they save.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
-
-_library: ctypes.CDLL | None = None
-_failure: str | None = None
-
-
-def build_dir() -> Path:
-    """Where compiled code is cached: torch's extension folder, shared with the fast path."""
-    env = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if env:
-        return Path(env)
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "torch_extensions"
 
 
 def _compiler() -> list[str]:
     return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
 
 
-def load() -> ctypes.CDLL | None:
-    """The compiled library, built on first use; ``None`` (with :func:`status` saying why)
-    where it cannot be."""
-    global _library, _failure
-    if _library is not None or _failure is not None:
-        return _library
-    if os.environ.get("HANDGRAD_FAST", "1") == "0":
-        _failure = "disabled by HANDGRAD_FAST=0"
-        return None
+def _load() -> ctypes.CDLL:
+    """Compile ``rowcopy.c`` unless this very build is cached, and load it."""
     compiler = _compiler()
     # Source, compiler and machine in the name: a cached build is only ever this one.
     key = f"{_SOURCE.read_text()}\0{compiler}\0{platform.machine()}".encode()
     target = build_dir() / f"handgrad_rowcopy_{hashlib.sha256(key).hexdigest()[:12]}.so"
-    try:
-        if not target.exists():
-            _compile(compiler, target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        _failure = (
-            f"building {_SOURCE.name} failed: {(lines[0] if lines else type(exc).__name__)[:200]}"
-        )
-        return None
+    if not target.exists():
+        _compile(compiler, target)
+    lib = ctypes.CDLL(str(target))
     fn = lib.handgrad_scatter_rows
     fn.argtypes = [
         ctypes.c_void_p,
@@ -78,8 +54,11 @@ def load() -> ctypes.CDLL | None:
         ctypes.c_void_p,
     ]
     fn.restype = None
-    _library = lib
     return lib
+
+
+#: The compiled library, built on first use (``build.get()``; ``None`` where it cannot be).
+build = Build(_SOURCE, _load)
 
 
 def _compile(compiler: list[str], target: Path) -> None:
@@ -105,8 +84,7 @@ def _compile(compiler: list[str], target: Path) -> None:
 
 def status() -> tuple[bool, str]:
     """``(True, "")`` if the compiled row copy loads, else ``(False, reason)``."""
-    lib = load()
-    return (lib is not None, "" if lib is not None else str(_failure))
+    return build.status()
 
 
 def gather_rows(x: Tensor, idx: Tensor, out: Tensor) -> bool:
@@ -127,7 +105,7 @@ def gather_rows(x: Tensor, idx: Tensor, out: Tensor) -> bool:
         and out.shape == (len(idx), *x.shape[1:])
     ):
         return False
-    lib = load()
+    lib = build.get()
     if lib is None:
         return False
     dest = torch.full((len(x),), -1, dtype=torch.int64)  # (N,)

@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -43,6 +42,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from ..compiled import Build
 from ..layers import Linear, ReLU
 from ..module import Module, Sequential
 from ..optim import SGD, Optimizer
@@ -51,8 +51,6 @@ _SOURCE = Path(__file__).with_name("mlp_step.cpp")
 _CE, _MSE = 0, 1
 _LOSS_SLOTS = 256  # losses per block (see FastStep._loss_slot)
 
-_extension: ModuleType | None = None
-_failure: str | None = None
 _noticed: set[str] = set()
 
 
@@ -63,38 +61,32 @@ def _notice(reason: str) -> None:
         print(f"handgrad: fast path unavailable ({reason}); using the Python path", file=sys.stderr)
 
 
+def _build() -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    # The source's hash in the name: two versions of handgrad (two checkouts, an upgrade)
+    # never load each other's build from the shared cache.
+    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
+    return load(
+        name=f"handgrad_fast_mlp_{digest}",
+        sources=[str(_SOURCE)],
+        extra_cflags=["-O2"],
+        verbose=False,
+    )
+
+
+_extension = Build(_SOURCE, _build)
+
+
 def load_extension() -> ModuleType | None:
     """The compiled ``mlp_step`` module, built on first use (about a minute, then cached by
     ``torch.utils.cpp_extension`` under ``TORCH_EXTENSIONS_DIR``); ``None`` if it cannot be."""
-    global _extension, _failure
-    if _extension is not None or _failure is not None:
-        return _extension
-    if os.environ.get("HANDGRAD_FAST", "1") == "0":
-        _failure = "disabled by HANDGRAD_FAST=0"
-        return None
-    try:
-        from torch.utils.cpp_extension import load
-
-        # The source's hash in the name: two versions of handgrad (two checkouts, an upgrade)
-        # never load each other's build from the shared cache.
-        digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
-        _extension = load(
-            name=f"handgrad_fast_mlp_{digest}",
-            sources=[str(_SOURCE)],
-            extra_cflags=["-O2"],
-            verbose=False,
-        )
-    except Exception as exc:  # no compiler, no headers, a failed build: fall back
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "error:" in ln), lines[0] if lines else "")
-        _failure = f"building {_SOURCE.name} failed: {why[:200] or type(exc).__name__}"
-    return _extension
+    return _extension.get()
 
 
 def fast_path_status() -> tuple[bool, str]:
     """``(True, "")`` if the extension is built and loads, else ``(False, reason)``."""
-    ext = load_extension()
-    return (ext is not None, "" if ext is not None else str(_failure))
+    return _extension.status()
 
 
 def _plan(model: Module, loss_fn: Module | None) -> tuple[list[Linear], list[bool], int, str]:
@@ -168,7 +160,7 @@ class FastStep:
         self._modules = [*model.modules(), *([loss_fn] if loss_fn is not None else [])]
         ext = load_extension() if not reason else None
         if not reason and ext is None:
-            reason = str(_failure)
+            reason = str(_extension.failure)
         self._ext = ext
         self._dx: Tensor | None = None
         self._losses: tuple[Tensor | None, int] = (None, 0)

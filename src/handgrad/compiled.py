@@ -1,0 +1,62 @@
+"""What handgrad's two compiled pieces share: the fast path's C++ training step
+(:mod:`handgrad.fast`) and the DataLoader's C row copy (:mod:`handgrad.data.rowcopy`).
+
+Both are built on first use and cached in torch's extension folder; ``HANDGRAD_FAST=0`` turns
+both off; a failed build is reported in one line, and the readable code runs instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+def disabled() -> str | None:
+    """Why compiled code must not be used (``HANDGRAD_FAST=0``), or ``None``."""
+    return "disabled by HANDGRAD_FAST=0" if os.environ.get("HANDGRAD_FAST", "1") == "0" else None
+
+
+def build_dir() -> Path:
+    """Where builds are cached: ``$TORCH_EXTENSIONS_DIR``, else torch's default folder."""
+    env = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "torch_extensions"
+
+
+def build_failure(source: Path, exc: BaseException) -> str:
+    """One line on a failed build: the compiler's first ``error:`` line, else its first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    why = next((ln for ln in lines if "error:" in ln), lines[0] if lines else "")
+    return f"building {source.name} failed: {why[:200] or type(exc).__name__}"
+
+
+class Build(Generic[T]):
+    """One compiled piece, made by ``make`` on first use and at most once per process; ``None``
+    with a one-line :attr:`failure` where it cannot be (``HANDGRAD_FAST=0``, no compiler, a
+    failed build): the caller then runs the readable code."""
+
+    def __init__(self, source: Path, make: Callable[[], T]) -> None:
+        self.source, self._make = source, make
+        self._built: T | None = None
+        self.failure: str | None = None
+
+    def get(self) -> T | None:
+        if self._built is None and self.failure is None:
+            self.failure = disabled()
+            if self.failure is None:
+                try:
+                    self._built = self._make()
+                except Exception as exc:  # no compiler, no headers, a failed build
+                    self.failure = build_failure(self.source, exc)
+        return self._built
+
+    def status(self) -> tuple[bool, str]:
+        """``(True, "")`` if it is built and loads, else ``(False, reason)``."""
+        built = self.get() is not None
+        return built, "" if built else str(self.failure)
