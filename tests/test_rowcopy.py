@@ -23,9 +23,11 @@ def rows(n: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.randint(0, 100, (n, *shape), generator=g, dtype=dtype)
 
 
-def gathered(x: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def gathered(
+    x: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | None = None, threads: int = 1
+) -> torch.Tensor:
     out = torch.full((len(idx), *x.shape[1:]), 7, dtype=x.dtype) if out is None else out
-    assert rowcopy.gather_rows(x, idx, out)
+    assert rowcopy.copy_rows(x, idx, out, threads)
     return out
 
 
@@ -62,16 +64,51 @@ def test_unaligned_destination_falls_back_to_memcpy_inside() -> None:
 
 
 @needs_build
-def test_split_across_threads(monkeypatch) -> None:
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_split_across_threads(threads) -> None:
+    x = rows(1000, (16,), torch.float32)
+    idx = torch.randperm(1000, generator=torch.Generator().manual_seed(3))[:900]
+    assert torch.equal(gathered(x, idx, threads=threads), x[idx])
+
+
+@needs_build
+def test_helper_threads_are_kept_and_remade_after_a_fork(monkeypatch) -> None:
+    """One pool for the process; a forked child (another pid) makes its own, since the
+    parent's threads do not exist there."""
+    x = rows(1000, (16,), torch.float32)
+    idx = torch.randperm(1000, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(gathered(x, idx, threads=3), x[idx])
+    pid, size, pool = rowcopy._pool
+    assert torch.equal(gathered(x, idx, threads=3), x[idx]) and rowcopy._pool[2] is pool
+    monkeypatch.setattr(rowcopy, "_pool", (pid + 1, size, pool))  # as a forked child sees it
+    assert torch.equal(gathered(x, idx.flip(0), threads=3), x[idx.flip(0)])
+    assert rowcopy._pool[0] == pid and rowcopy._pool[2] is not pool
+
+
+@pytest.fixture
+def torch_threads():
+    """Set torch's thread count for one test."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_threads_follow_torch_up_to_the_limit(monkeypatch, torch_threads) -> None:
+    """As many threads as torch uses, one per PARALLEL_MIN_BYTES of x at most; past
+    MAX_THREADS torch threads, index_select (False, out untouched)."""
+    asked = []
+    monkeypatch.setattr(rowcopy, "copy_rows", lambda x, idx, out, threads: asked.append(threads))
     monkeypatch.setattr(rowcopy, "PARALLEL_MIN_BYTES", 1024)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        x = rows(1000, (16,), torch.float32)  # 64 KiB: 3 threads of 1 KiB or more
-        idx = torch.randperm(1000, generator=torch.Generator().manual_seed(3))[:900]
-        assert torch.equal(gathered(x, idx), x[idx])
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setattr(rowcopy, "MAX_THREADS", 3)
+    idx, out = torch.arange(10), torch.zeros(10, 64)
+    torch_threads(2)
+    rowcopy.gather_rows(torch.zeros(10, 64), idx, out)  # 2,560 bytes: 2 threads of 1 KiB
+    torch_threads(3)
+    rowcopy.gather_rows(torch.zeros(10, 64), idx, out)  # still 2
+    rowcopy.gather_rows(torch.zeros(100, 64), torch.arange(100), torch.zeros(100, 64))  # 3
+    assert asked == [2, 2, 3]
+    torch_threads(4)
+    assert rowcopy.gather_rows(torch.zeros(100, 64), idx, out) is False and asked == [2, 2, 3]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import shlex
 import subprocess
 import sysconfig
 import tempfile
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,6 +30,10 @@ from ..compiled import Build, build_dir
 _SOURCE = Path(__file__).with_name("rowcopy.c")
 #: Below this many bytes of x per thread, more threads cost more to start than they save.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+#: With more torch threads than this, ``index_select`` is used: on a 16-core Xeon (torch
+#: 2.11) the row copy was 1.1-2.3x faster on 1 to 8 threads, but 0.4-0.6x on 12 and 16
+#: (benchmarks/bench_rowcopy.py, three runs; that many threads' streaming stores contend).
+MAX_THREADS = 8
 
 
 def _compiler() -> list[str]:
@@ -87,11 +91,38 @@ def status() -> tuple[bool, str]:
     return build.status()
 
 
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, size, pool)
+
+
+def _helpers(n: int) -> ThreadPoolExecutor:
+    """A pool of at least ``n`` threads, kept for the process: starting threads every epoch
+    costs more than the copy saves on a many-core machine. A forked child makes its own
+    (the parent's threads do not exist there)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid() or _pool[1] < n:
+        if _pool is not None and _pool[0] == os.getpid():
+            _pool[2].shutdown(wait=False)
+        _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="handgrad-rowcopy"))
+    return _pool[2]
+
+
 def gather_rows(x: Tensor, idx: Tensor, out: Tensor) -> bool:
     """Write ``x[idx]`` into ``out`` (``(len(idx), *x.shape[1:])``), like
     ``torch.index_select(x, 0, idx, out=out)``, and return ``True``; or return ``False``
-    without touching ``out`` where the compiled copy is unavailable or does not apply (not
-    contiguous CPU tensors of one dtype, or ``idx`` naming a row twice).
+    without touching ``out`` where the compiled copy is unavailable, does not apply (not
+    contiguous CPU tensors of one dtype, or ``idx`` naming a row twice), or would be slower:
+    with more than ``MAX_THREADS`` torch threads. It uses as many threads as torch does
+    (``index_select`` would), but none for less than ``PARALLEL_MIN_BYTES`` of ``x``.
+    """
+    threads = torch.get_num_threads()
+    if threads > MAX_THREADS:
+        return False
+    return copy_rows(x, idx, out, max(1, min(threads, x.nbytes // PARALLEL_MIN_BYTES)))
+
+
+def copy_rows(x: Tensor, idx: Tensor, out: Tensor, threads: int = 1) -> bool:
+    """:func:`gather_rows` on ``threads`` threads (each taking a contiguous range of ``x``'s
+    rows), whatever their number.
 
     It walks ``x`` in order and sends each chosen row to its place (see ``rowcopy.c``), so it
     first inverts the order: ``dest[i]`` = where row ``i`` goes, or -1.
@@ -113,9 +144,6 @@ def gather_rows(x: Tensor, idx: Tensor, out: Tensor) -> bool:
     if int((dest >= 0).sum()) != len(idx):  # a repeated row: one of its places stays empty
         return False
     row_bytes = math.prod(x.shape[1:]) * x.element_size()
-    # As many threads as torch uses for its own ops (index_select would), each taking a
-    # contiguous range of x's rows, but none for less than PARALLEL_MIN_BYTES.
-    threads = max(1, min(torch.get_num_threads(), x.nbytes // PARALLEL_MIN_BYTES))
     bounds = [len(x) * k // threads for k in range(threads + 1)]
 
     def part(k: int) -> None:  # ctypes lets go of the GIL for the call: the parts run at once
@@ -125,10 +153,8 @@ def gather_rows(x: Tensor, idx: Tensor, out: Tensor) -> bool:
             out.data_ptr(),
         )  # fmt: skip
 
-    helpers = [threading.Thread(target=part, args=(k,)) for k in range(1, threads)]
-    for t in helpers:
-        t.start()
+    others = [_helpers(threads - 1).submit(part, k) for k in range(1, threads)]
     part(0)
-    for t in helpers:
-        t.join()
+    for done in others:
+        done.result()
     return True
