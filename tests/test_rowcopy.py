@@ -71,20 +71,6 @@ def test_split_across_threads(threads) -> None:
     assert torch.equal(gathered(x, idx, threads=threads), x[idx])
 
 
-@needs_build
-def test_helper_threads_are_kept_and_remade_after_a_fork(monkeypatch) -> None:
-    """One pool for the process; a forked child (another pid) makes its own, since the
-    parent's threads do not exist there."""
-    x = rows(1000, (16,), torch.float32)
-    idx = torch.randperm(1000, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(gathered(x, idx, threads=3), x[idx])
-    pid, size, pool = rowcopy._pool
-    assert torch.equal(gathered(x, idx, threads=3), x[idx]) and rowcopy._pool[2] is pool
-    monkeypatch.setattr(rowcopy, "_pool", (pid + 1, size, pool))  # as a forked child sees it
-    assert torch.equal(gathered(x, idx.flip(0), threads=3), x[idx.flip(0)])
-    assert rowcopy._pool[0] == pid and rowcopy._pool[2] is not pool
-
-
 @pytest.fixture
 def torch_threads():
     """Set torch's thread count for one test."""

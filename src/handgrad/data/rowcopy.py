@@ -19,7 +19,7 @@ import shlex
 import subprocess
 import sysconfig
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 
 import torch
@@ -91,21 +91,6 @@ def status() -> tuple[bool, str]:
     return build.status()
 
 
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, size, pool)
-
-
-def _helpers(n: int) -> ThreadPoolExecutor:
-    """A pool of at least ``n`` threads, kept for the process: starting threads every epoch
-    costs more than the copy saves on a many-core machine. A forked child makes its own
-    (the parent's threads do not exist there)."""
-    global _pool
-    if _pool is None or _pool[0] != os.getpid() or _pool[1] < n:
-        if _pool is not None and _pool[0] == os.getpid():
-            _pool[2].shutdown(wait=False)
-        _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="handgrad-rowcopy"))
-    return _pool[2]
-
-
 def gather_rows(x: Tensor, idx: Tensor, out: Tensor) -> bool:
     """Write ``x[idx]`` into ``out`` (``(len(idx), *x.shape[1:])``), like
     ``torch.index_select(x, 0, idx, out=out)``, and return ``True``; or return ``False``
@@ -153,8 +138,12 @@ def copy_rows(x: Tensor, idx: Tensor, out: Tensor, threads: int = 1) -> bool:
             out.data_ptr(),
         )  # fmt: skip
 
-    others = [_helpers(threads - 1).submit(part, k) for k in range(1, threads)]
+    # Fresh threads each call (once an epoch): a pool kept for the process measured the same
+    # on a 16-core machine (benchmarks/RESULTS.md), and needs no care across a fork.
+    others = [threading.Thread(target=part, args=(k,)) for k in range(1, threads)]
+    for t in others:
+        t.start()
     part(0)
-    for done in others:
-        done.result()
+    for t in others:
+        t.join()
     return True
