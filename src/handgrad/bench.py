@@ -1183,7 +1183,8 @@ def run_bench(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> 
     device = cfg.torch_device
     if device.type == "cuda" and cfg.clock == "cpu":
         raise HandgradError(
-            "--clock cpu: process CPU time does not count GPU work; use --clock wall with cuda"
+            "--clock cpu: process CPU time does not count GPU work; use --clock wall (the "
+            "default) with --device cuda"
         )
     with exact_float32(device) as precision:
         report = _run_bench(cfg, device, progress)
