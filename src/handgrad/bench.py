@@ -573,30 +573,12 @@ class GemmFloor:
         return {}
 
 
-class TorchInfer:
-    def __init__(self, init: Init, x: Tensor, batch: int):
-        self.model, self.x, self.batch = torch_mlp(init).eval(), x, batch
+class Infer:
+    """Inference over ``x`` in batches of ``batch`` rows, without gradients: ``forward`` is a
+    PyTorch model, a handgrad model, or the fast path's ``predict``."""
 
-    def run(self) -> Tensor:
-        model, x, b = self.model, self.x, self.batch
-        with torch.no_grad():
-            for i in range(0, len(x), b):
-                out = model(x[i : i + b])
-        return out
-
-    def probe(self) -> dict[str, Tensor]:
-        with torch.no_grad():
-            return {"output": self.model(self.x[: self.batch])}
-
-
-class HandgradInfer:
-    def __init__(self, init: Init, x: Tensor, batch: int, fast: bool = False):
-        self.model, self.x, self.batch = handgrad_mlp(init).eval(), x, batch
-        self.forward: Callable[[Tensor], Tensor] = self.model
-        if fast:
-            from .fast import FastStep
-
-            self.forward = FastStep(self.model).predict
+    def __init__(self, forward: Callable[[Tensor], Tensor], x: Tensor, batch: int):
+        self.forward, self.x, self.batch = forward, x, batch
 
     def run(self) -> Tensor:
         forward, x, b = self.forward, self.x, self.batch
@@ -608,6 +590,15 @@ class HandgradInfer:
     def probe(self) -> dict[str, Tensor]:
         with torch.no_grad():
             return {"output": self.forward(self.x[: self.batch])}
+
+
+def handgrad_infer(init: Init, x: Tensor, batch: int, fast: bool = False) -> Infer:
+    model = handgrad_mlp(init).eval()
+    if not fast:
+        return Infer(model, x, batch)
+    from .fast import FastStep
+
+    return Infer(FastStep(model).predict, x, batch)
 
 
 # ------------------------------------------------------------------------------ workloads
@@ -833,11 +824,11 @@ def _w5(cfg: Config, batch: int, full: int, quick: int, fast_ok: bool) -> Worklo
     x, _ = make_data(rows, cfg.seed, device=cfg.device)
     init = mlp_init([784, 256, 128, 10], cfg.seed, cfg.device)
     variants = [
-        Variant("torch eager", lambda: TorchInfer(init, x, batch), role="torch"),
-        Variant("handgrad", lambda: HandgradInfer(init, x, batch)),
+        Variant("torch eager", lambda: Infer(torch_mlp(init).eval(), x, batch), role="torch"),
+        Variant("handgrad", lambda: handgrad_infer(init, x, batch)),
     ]
     if fast_ok:
-        variants.append(Variant("handgrad fast", lambda: HandgradInfer(init, x, batch, True)))
+        variants.append(Variant("handgrad fast", lambda: handgrad_infer(init, x, batch, fast=True)))
     title = f"inference 784-256-128-10, batch {batch:,}, {rows:,} rows"
     return Workload("W5", title, rows, cfg.rounds(7), variants, batch=batch, unit="rows/s")
 
