@@ -44,9 +44,9 @@ The semantics, decided and documented:
   batch (tested to float32 round-off). When ``N`` is not a multiple of ``W`` the permutation is
   padded by wrapping around, because every rank must take the same number of steps (a rank
   with one batch more would wait in an ``all_reduce`` nobody else joins).
-  ``handgrad.data.DataLoader(rank=, world_size=)`` shards by contiguous blocks instead: the
-  replicas stay equal, but its global batches group the samples differently from a
-  one-process run (equivalent in distribution, not step for step).
+  ``handgrad.data.DataLoader(rank=, world_size=)``, shuffled, shards the same strided way but
+  drops the last ``N % W`` rows of the order instead of padding; in sequential order it takes
+  contiguous blocks.
 - **Gradients**: averaged (sum, then divide by ``W``) in flattened buckets of at most
   ``bucket_mb`` megabytes, one ``all_reduce`` per bucket, all buckets in flight at once. For an
   MNIST MLP that is one call per step. A parameter whose ``.g`` is ``None`` on a rank
