@@ -121,7 +121,7 @@ def test_check_cli_bad_input(tmp_path) -> None:
     f = tmp_path / "layers.py"
     f.write_text(BROKEN.format(correct=True))
     wrong = run_cli("check", f"{f}:Nope", "--shape", "2,2")
-    assert wrong.status == 2 and "Modules found there: Scale" in wrong.err
+    assert wrong.status == 2 and "layers found there: Scale" in wrong.err
     no_shape = run_cli("check", f"{f}:Scale", "--args", "2")
     assert no_shape.status == 2 and "--shape" in no_shape.err
     bad_args = run_cli("check", f"{f}:Scale", "--args", "__import__('os')", "--shape", "2,2")

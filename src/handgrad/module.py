@@ -49,6 +49,7 @@ registered with ``register_buffer``.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -230,7 +231,13 @@ class Module:
             a.__dict__.pop("g", None)  # no stale .g can be mistaken for this call's gradient
         out.g = dout
         try:
-            self.bwd(out, *args)
+            returned = self.bwd(out, *args)
+            if returned is not None:
+                raise TypeError(
+                    f"{self._label()}.bwd returned a {type(returned).__name__}: handgrad reads "
+                    "gradients from arg.g and param.g, not from what bwd returns (the "
+                    "autograd.Function habit); assign x.g = ... instead"
+                )
             grads = tuple(
                 [
                     a.__dict__.get("g")
@@ -261,17 +268,12 @@ class Module:
     ) -> None:
         for i, (a, g) in enumerate(zip(args, grads, strict=True)):
             if g is not None and g.shape != a.shape:
-                raise RuntimeError(
-                    f"{self._label()}.bwd set the gradient of argument {i} with shape "
-                    f"{tuple(g.shape)}, but the argument has shape {tuple(a.shape)}"
-                )
+                name = input_names(self.forward, len(args))[i]
+                raise GradientShapeError(self, name, a, g)
         for p in own:
             if p.g is not None and p.g.shape != p.shape:
                 name = next(n for n, q in self._named_own_parameters() if q is p)
-                raise RuntimeError(
-                    f"{self._label()}.bwd set {name}.g with shape {tuple(p.g.shape)}, "
-                    f"but the parameter has shape {tuple(p.shape)}"
-                )
+                raise GradientShapeError(self, f"{name}", p, p.g)
 
     def clear_saved(self) -> None:
         """Drop every forward context waiting for backward, here and in all sub-modules."""
@@ -465,6 +467,33 @@ class Module:
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join([*lines, ")"])
+
+
+class GradientShapeError(RuntimeError):
+    """``bwd`` set a gradient whose shape is not its tensor's. Carries the tensor and the
+    gradient, so that :func:`handgrad.gradcheck` can say what the gradient looks like (a
+    transpose, a sum not taken)."""
+
+    def __init__(self, module: Module, name: str, tensor: Tensor, grad: Tensor) -> None:
+        self.name, self.tensor, self.grad = name, tensor, grad
+        super().__init__(
+            f"{module._label()}.bwd set {name}.g with shape {tuple(grad.shape)}, but {name} "
+            f"has shape {tuple(tensor.shape)}"
+        )
+
+
+def input_names(forward: Callable[..., Any], n: int) -> list[str]:
+    """The names of ``forward``'s first ``n`` positional parameters (``inp``, ``targ``), so
+    messages name an argument as its author did; ``input[i]`` where the signature says
+    nothing (``*args``)."""
+    try:
+        params = list(inspect.signature(forward).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(names) < n:
+        names += [f"input[{i}]" for i in range(len(names), n)]
+    return names[:n]
 
 
 def _unalias(args: tuple[Any, ...]) -> tuple[Any, ...]:

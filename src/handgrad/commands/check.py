@@ -1,11 +1,19 @@
 """``handgrad check``: gradient-check every built-in layer, or a user's own layer.
 
-    handgrad check                                  # every built-in case, as a table
-    handgrad check my_layers.py:Swish --shape 8,16  # a user's class
+    handgrad check                                    # every built-in case, as a table
+    handgrad check my_layers.py:Swish --shape 8,16    # a user's class
     handgrad check my_layers.py:Dense --args "16, 4, bias=False" --shape 8,16
+    handgrad check lesson.py:Lin --args "randn(4,3), zeros(3)" --shape 8,4
     handgrad check my_loss.py:Hinge --shape 8,10 --shape 8:10   # labels in [0, 10)
 
-Exit status 1, naming every wrong tensor, when a gradient is wrong.
+The class may be a handgrad Module or a plain class written as in the lesson (__call__ and
+backward()). Every floating-point tensor it holds is checked, plain tensors included.
+
+exit status:
+  0  every gradient is right
+  1  a gradient is wrong (or the backward raised, or wrote into out.g, an input or a weight)
+  2  bad usage or input: a file, class, --args or --shape that does not work, a forward that
+     raises or is not repeatable
 """
 
 from __future__ import annotations
@@ -15,17 +23,33 @@ import ast
 import importlib.util
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 from rich.table import Table
 
 from ..cases import CASES
 from ..errors import HandgradError
-from ..gradcheck import CheckReport, gradcheck
+from ..gradcheck import CANNOT_CHECK, OK, WRONG, CheckReport, gradcheck
+from ..gradcheck.usercode import UserCodeError, call_user
 from ..module import Module
 from ..ui import make_console
+
+# Tensor constructors --args may call, with literal arguments only (nothing is evaluated).
+_CONSTRUCTORS = {
+    "randn": lambda g, *s: torch.randn(*_shape(s), generator=g),
+    "rand": lambda g, *s: torch.rand(*_shape(s), generator=g),
+    "zeros": lambda g, *s: torch.zeros(*_shape(s)),
+    "ones": lambda g, *s: torch.ones(*_shape(s)),
+    "eye": lambda g, n, m=None: torch.eye(n, m if m is not None else n),
+    "full": lambda g, shape, value: torch.full(_shape((shape,)), float(value)),
+    "arange": lambda g, *a: torch.arange(*a, dtype=torch.float32),
+    "linspace": lambda g, a, b, n: torch.linspace(a, b, n),
+    "tensor": lambda g, data: torch.tensor(data, dtype=torch.float32),
+}
 
 
 def add(sub: Any) -> None:
@@ -43,7 +67,8 @@ def add(sub: Any) -> None:
     p.add_argument(
         "--args",
         default="",
-        help='constructor arguments as Python literals, e.g. "16, 4, bias=False"',
+        help='constructor arguments: Python literals and tensors, e.g. "16, 4, bias=False" or '
+        '"randn(4,3), zeros(3)" (randn, rand, zeros, ones, eye, full, arange, linspace, tensor)',
     )
     p.add_argument(
         "--shape",
@@ -53,7 +78,26 @@ def add(sub: Any) -> None:
         help="an input's shape, e.g. 8,16 (float) or 8:10 (integer labels in "
         "[0, 10)); repeat for each input",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--range",
+        metavar="LO,HI",
+        help="draw float inputs uniformly from [LO, HI] instead of a standard normal "
+        "(e.g. 0.1,2 for log or sqrt)",
+    )
+    p.add_argument(
+        "--no-grad",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an input or tensor not to differentiate (a target, a constant); repeatable",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the inputs, --args tensors and the checker's upstream gradients (each "
+        "from a stream of its own)",
+    )
     p.add_argument(
         "--samples", type=int, default=24, help="elements per tensor checked by finite differences"
     )
@@ -64,9 +108,7 @@ def run(args: argparse.Namespace) -> int:
     console = make_console()
     start = time.perf_counter()
     if args.target:
-        module = _load_user_module(args.target, args.args)
-        inputs = _user_inputs(module, args.shape, args.seed)
-        reports = [(args.target, gradcheck(module, *inputs, seed=args.seed, samples=args.samples))]
+        reports = [(args.target, _check_user_layer(args))]
     else:
         g = torch.Generator().manual_seed(args.seed)
         reports = [
@@ -83,16 +125,23 @@ def run(args: argparse.Namespace) -> int:
             for c in CASES
         ]
     console.print(_table(reports))
+    for name, r in reports:
+        for note in r.notes:
+            if note not in r.summary():
+                console.print(escape(f"note: {name}: {note}"))
     failed = [(name, r) for name, r in reports if not r.ok]
-    elapsed = time.perf_counter() - start
     for name, r in failed:
-        console.print(f"[red]FAIL[/red] {name}: {r.summary()}")
+        console.print(f"[red]FAIL[/red] {escape(name)}: {escape(r.summary())}")
+    if args.target and not failed:
+        console.print(escape(reports[0][1].summary()))
     total = sum(len(r.tensors) for _, r in reports)
     console.print(
         f"{len(reports) - len(failed)}/{len(reports)} modules passed ({total} gradients) "
-        f"in {elapsed:.1f} s"
+        f"in {time.perf_counter() - start:.1f} s"
     )
-    return 1 if failed else 0
+    if any(r.status != CANNOT_CHECK for _, r in failed):
+        return WRONG
+    return CANNOT_CHECK if failed else OK
 
 
 def _table(reports: list[tuple[str, CheckReport]]) -> Table:
@@ -104,22 +153,38 @@ def _table(reports: list[tuple[str, CheckReport]]) -> Table:
     t.add_column("ok")
     for name, r in reports:
         fwd = "-" if r.forward_error is None else f"{r.forward_error:.1e}"
-        if r.problem:
-            t.add_row(name, "-", "-", "-", "-", fwd, f"[red]NO[/red] {r.problem}")
+        for problem in r.problems:
+            t.add_row(escape(name), "-", "-", "-", "-", fwd, f"[red]NO[/red] {escape(problem)}")
         for i, c in enumerate(r.tensors):
             t.add_row(
-                name if i == 0 else "",
-                c.name,
+                escape(name) if i == 0 else "",
+                escape(c.name),
                 str(c.shape),
-                f"{c.autograd_rel:.1e}",
-                f"{c.numeric_rel:.1e}",
+                "-" if c.autograd_rel != c.autograd_rel else f"{c.autograd_rel:.1e}",
+                "-" if c.numeric_rel != c.numeric_rel else f"{c.numeric_rel:.1e}",
                 fwd if i == 0 else "",
-                "[green]yes[/green]" if c.ok else f"[red]NO[/red] {c.problem}",
+                "[green]yes[/green]" if c.ok else f"[red]NO[/red] {escape(c.problem or '')}",
             )
     return t
 
 
-def _load_user_module(target: str, arg_text: str) -> Module:
+def _check_user_layer(args: argparse.Namespace) -> CheckReport:
+    path, class_name = _split_target(args.target)
+    with _beside(path):
+        cls = _load_class(path, class_name)
+        g = torch.Generator().manual_seed(args.seed + 1_000_003)  # not the inputs' stream
+        pos, kw = _parse_args(args.args, g)
+        try:
+            layer = call_user(f"{class_name}({args.args})", cls, *pos, **kw)
+        except UserCodeError as exc:
+            raise HandgradError(f"{exc}; fix --args") from exc
+        inputs = _user_inputs(layer, args.shape, args.range, args.seed)
+        return gradcheck(
+            layer, *inputs, seed=args.seed, samples=args.samples, no_grad=tuple(args.no_grad)
+        )
+
+
+def _split_target(target: str) -> tuple[Path, str]:
     path_text, sep, class_name = target.rpartition(":")
     if not sep or not path_text or not class_name:
         raise HandgradError(f"{target!r}: expected FILE.py:ClassName, e.g. my_layers.py:Swish")
@@ -128,64 +193,121 @@ def _load_user_module(target: str, arg_text: str) -> Module:
         raise HandgradError(
             f"{path}: no such file; give the path of the .py file that defines the layer"
         )
+    return path, class_name
+
+
+@contextmanager
+def _beside(path: Path) -> Any:
+    """The file's folder first on ``sys.path`` while it is imported and checked, as
+    ``python FILE`` has it (so ``from my_helpers import ...`` next to it works)."""
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _is_layer_class(v: Any) -> bool:
+    return isinstance(v, type) and (
+        (issubclass(v, Module) and v is not Module)
+        or (callable(getattr(v, "backward", None)) and "__call__" in _defined(v))
+    )
+
+
+def _defined(cls: type) -> set[str]:
+    """Names defined by ``cls`` or its bases other than ``object``."""
+    return {n for c in cls.__mro__ if c is not object for n in vars(c)}
+
+
+def _load_class(path: Path, class_name: str) -> type:
     spec = importlib.util.spec_from_file_location(f"handgrad_user_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise HandgradError(f"{path}: cannot be imported as Python; give a .py file")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     try:
-        spec.loader.exec_module(mod)
-    except Exception as exc:
-        raise HandgradError(f"{path}: importing it raised {type(exc).__name__}: {exc}") from exc
+        call_user("importing it", spec.loader.exec_module, mod)
+    except UserCodeError as exc:
+        raise HandgradError(f"{path}: {exc}") from exc
     cls = getattr(mod, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Module)):
+    if not _is_layer_class(cls):
         found = sorted(
             n
             for n, v in vars(mod).items()
-            if isinstance(v, type) and issubclass(v, Module) and v is not Module
+            if _is_layer_class(v) and getattr(v, "__module__", None) == spec.name
         )
+        what = "is not a layer class" if cls is not None else "is not defined there"
         raise HandgradError(
-            f"{path}: no handgrad Module named {class_name!r} "
-            f"(Modules found there: {', '.join(found) or 'none'})"
+            f"{path}: {class_name!r} {what}: a layer is a handgrad Module or a class with "
+            f"__call__ and backward() (layers found there: {', '.join(found) or 'none'})"
         )
-    pos, kw = _parse_args(arg_text)
-    try:
-        return cls(*pos, **kw)
-    except Exception as exc:
-        raise HandgradError(
-            f"{class_name}({arg_text}) failed: {type(exc).__name__}: {exc}; fix --args"
-        ) from exc
+    assert isinstance(cls, type)
+    return cls
 
 
-def _parse_args(text: str) -> tuple[list[Any], dict[str, Any]]:
-    """Parse ``"16, 4, bias=False"`` as literals only (nothing is evaluated)."""
+def _parse_args(text: str, g: torch.Generator) -> tuple[list[Any], dict[str, Any]]:
+    """Parse ``"16, 4, bias=False"`` or ``"randn(4,3), zeros(3)"``: literals and calls of the
+    tensor constructors above with literal arguments; nothing else is evaluated."""
     if not text.strip():
         return [], {}
     try:
         call = ast.parse(f"f({text})", mode="eval").body
         if not isinstance(call, ast.Call):
             raise ValueError(text)
-        pos = [ast.literal_eval(a) for a in call.args]
-        kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
-    except (SyntaxError, ValueError) as exc:
+        pos = [_value(a, g) for a in call.args]
+        kw = {k.arg: _value(k.value, g) for k in call.keywords if k.arg}
+    except (SyntaxError, ValueError, TypeError, RuntimeError) as exc:
         raise HandgradError(
-            f'--args {text!r}: not a list of Python literals (e.g. "16, 4, bias=False")'
+            f"--args {text!r}: not a list of Python literals and tensor constructors "
+            f'(e.g. "16, 4, bias=False" or "randn(4,3), zeros(3)"): {exc}'
         ) from exc
     return pos, kw
 
 
-def _user_inputs(module: Module, shapes: list[str], seed: int) -> tuple[torch.Tensor, ...]:
+def _value(node: ast.expr, g: torch.Generator) -> Any:
+    if isinstance(node, ast.Call):
+        name = node.func.id if isinstance(node.func, ast.Name) else None
+        if name not in _CONSTRUCTORS or node.keywords:
+            raise ValueError(f"{ast.unparse(node)}: only {', '.join(_CONSTRUCTORS)} may be called")
+        return _CONSTRUCTORS[name](g, *(ast.literal_eval(a) for a in node.args))
+    if isinstance(node, ast.List | ast.Tuple):
+        items = [_value(e, g) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.Dict):
+        keys = [ast.literal_eval(k) if k is not None else None for k in node.keys]
+        return {k: _value(v, g) for k, v in zip(keys, node.values, strict=True)}
+    return ast.literal_eval(node)
+
+
+def _shape(sizes: tuple[Any, ...]) -> tuple[int, ...]:
+    """``randn(4, 3)`` and ``randn((4, 3))`` alike."""
+    if len(sizes) == 1 and isinstance(sizes[0], tuple | list):
+        sizes = tuple(sizes[0])
+    if not all(isinstance(s, int) and s >= 0 for s in sizes):
+        raise ValueError(f"sizes must be non-negative integers, got {sizes}")
+    return tuple(sizes)
+
+
+def _user_inputs(
+    layer: Any, shapes: list[str], value_range: str | None, seed: int
+) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     if not shapes:
-        example = getattr(module, "example_inputs", None)
+        example = getattr(layer, "example_inputs", None)
         if callable(example):
-            return tuple(example())
+            try:
+                return tuple(call_user("example_inputs()", example))
+            except UserCodeError as exc:
+                raise HandgradError(str(exc)) from exc
         raise HandgradError(
-            f"{type(module).__name__}: give each input's shape with --shape "
+            f"{type(layer).__name__}: give each input's shape with --shape "
             "(e.g. --shape 8,16), or define example_inputs() on the class"
         )
+    lo_hi = _range(value_range)
     inputs = []
-    for spec in shapes:
+    for k, spec in enumerate(shapes):
         dims, _, classes = spec.partition(":")
         try:
             shape = tuple(int(d) for d in dims.split(",") if d.strip())
@@ -196,6 +318,23 @@ def _user_inputs(module: Module, shapes: list[str], seed: int) -> tuple[torch.Te
             raise HandgradError(f"--shape {spec!r}: sizes must be positive integers")
         if classes:
             inputs.append(torch.randint(0, n_classes, shape, generator=g))
+        elif lo_hi is not None:
+            lo, hi = lo_hi
+            inputs.append(lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64))
         else:
-            inputs.append(torch.randn(shape, generator=g, dtype=torch.float64))
+            # Each input on its own scale, so that no two inputs are interchangeable.
+            scale = 1.0 + 0.5 * k
+            inputs.append(scale * torch.randn(shape, generator=g, dtype=torch.float64))
     return tuple(inputs)
+
+
+def _range(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise HandgradError(f"--range {text!r}: expected LO,HI, e.g. 0.1,2") from exc
+    if not lo < hi:
+        raise HandgradError(f"--range {text!r}: LO must be below HI")
+    return lo, hi
