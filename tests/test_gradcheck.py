@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from handgrad import Linear, Module, Parameter, gradcheck
@@ -100,14 +101,14 @@ class Scale(Module):
         return x * self.w
     def bwd(self, out, x):
         x.g = out.g * self.w
-        self.w.g = (out.g * x).sum(0) if {correct} else out.g.sum(0)
+        self.w.g = {w_grad}
 """
 
 
 def test_check_cli_user_layer(tmp_path) -> None:
     good, bad = tmp_path / "good.py", tmp_path / "bad.py"
-    good.write_text(BROKEN.format(correct=True))
-    bad.write_text(BROKEN.format(correct=False))
+    good.write_text(BROKEN.format(w_grad="(out.g * x).sum(0)"))
+    bad.write_text(BROKEN.format(w_grad="out.g.sum(0)"))
     ok = run_cli("check", f"{good}:Scale", "--args", "4", "--shape", "3,4")
     assert ok.status == 0, ok.out + ok.err
     res = run_cli("check", f"{bad}:Scale", "--args", "4", "--shape", "3,4")
@@ -119,7 +120,7 @@ def test_check_cli_bad_input(tmp_path) -> None:
     missing = run_cli("check", f"{tmp_path}/nope.py:X", "--shape", "2,2")
     assert missing.status == 2 and "no such file" in missing.err
     f = tmp_path / "layers.py"
-    f.write_text(BROKEN.format(correct=True))
+    f.write_text(BROKEN.format(w_grad="(out.g * x).sum(0)"))
     wrong = run_cli("check", f"{f}:Nope", "--shape", "2,2")
     assert wrong.status == 2 and "layers found there: Scale" in wrong.err
     no_shape = run_cli("check", f"{f}:Scale", "--args", "2")
@@ -132,3 +133,20 @@ def test_check_cli_bad_input(tmp_path) -> None:
 def test_parameter_is_plain_for_ops() -> None:
     p = Parameter(torch.ones(3))
     assert type(p * 2) is torch.Tensor and p.g is None and not p.requires_grad
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_dout_never_equals_the_input(tmp_path, seed: int) -> None:
+    """The README's Scale with dW computed from x alone: the upstream gradient must never be
+    the input (then x * x would equal out.g * x), whatever the seed, on both paths."""
+    path = tmp_path / "scale.py"
+    path.write_text(BROKEN.format(w_grad="(x * x).sum(0)"))
+    r = run_cli("check", f"{path}:Scale", "--args", "4", "--shape", "8,4", "--seed", str(seed))
+    assert r.status == 1 and "w: hand gradient differs" in r.out, r.out + r.err
+
+    namespace: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    torch.manual_seed(seed)  # the collision the issue names: the user's seed equals ours
+    x = torch.randn(8, 4, dtype=torch.float64)
+    report = gradcheck(namespace["Scale"](4), x, seed=seed)
+    assert [t.name for t in report.failures] == ["w"] and report.status == 1, str(report)
