@@ -18,10 +18,11 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks docs tools
 	$(BIN)/ruff format --check src tests benchmarks docs tools
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/handgrad bench
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .import_linter_cache

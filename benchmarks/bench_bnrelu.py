@@ -22,7 +22,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as TF
 
-from handgrad import functional as F
+from handgrad.nn import functional as F
 
 #: (C, H, W) after each conv of the cnn recipe for 28x28 inputs.
 SHAPES = ((16, 28, 28), (32, 14, 14), (64, 7, 7), (128, 4, 4), (128, 4, 4))

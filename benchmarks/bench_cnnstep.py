@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import torch
 
-from handgrad import bench
-from handgrad.losses import CrossEntropyLoss
-from handgrad.models import build_model
-from handgrad.module import Module
+from handgrad.app import bench
+from handgrad.nn.layers.losses import CrossEntropyLoss
+from handgrad.nn.models import build_model
+from handgrad.nn.module import Module
 
 
 def handgrad_step(model: Module, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> None:

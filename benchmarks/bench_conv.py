@@ -25,10 +25,10 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from handgrad.functional.conv import IM2COL_MAX_PATCH
-from handgrad.layers import Conv2d
-from handgrad.models import build_model
-from handgrad.module import Module, Sequential
+from handgrad.nn.functional.conv import IM2COL_MAX_PATCH
+from handgrad.nn.layers import Conv2d
+from handgrad.nn.models import build_model
+from handgrad.nn.module import Module, Sequential
 
 
 def cnn_conv_shapes(batch: int) -> list[tuple[str, Conv2d, tuple[int, ...]]]:
@@ -69,7 +69,7 @@ def torch_conv(m: Conv2d) -> nn.Conv2d:
 
 def torch_cnn(model: Sequential) -> nn.Sequential:
     """The same network in torch.nn with the same weights."""
-    from handgrad.layers import BatchNorm2d, Dropout, GlobalAvgPool, Linear, ReLU, Reshape
+    from handgrad.nn.layers import BatchNorm2d, Dropout, GlobalAvgPool, Linear, ReLU, Reshape
 
     layers: list[nn.Module] = []
     for m in model.layers:
@@ -168,7 +168,7 @@ def bench_layers(batch: int, rounds: int, clock: Callable[[], float]) -> list[di
 
 def bench_other_layers(batch: int, rounds: int, clock: Callable[[], float]) -> list[dict]:
     """BatchNorm2d and ReLU forward+backward at the cnn's activation shapes, against torch."""
-    from handgrad.layers import BatchNorm2d, ReLU
+    from handgrad.nn.layers import BatchNorm2d, ReLU
 
     rows = []
     for name, m, shape in cnn_conv_shapes(batch):

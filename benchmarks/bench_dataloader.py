@@ -37,12 +37,12 @@ import torch
 from rich.table import Table
 from torch import Tensor
 
+from handgrad.app.ui import make_console
 from handgrad.data import DataLoader, rowcopy
-from handgrad.layers import Linear, ReLU
-from handgrad.losses import CrossEntropyLoss
-from handgrad.module import Module, Sequential
-from handgrad.optim import SGD
-from handgrad.ui import make_console
+from handgrad.nn.layers import Linear, ReLU
+from handgrad.nn.layers.losses import CrossEntropyLoss
+from handgrad.nn.module import Module, Sequential
+from handgrad.optim.optimizers import SGD
 
 
 def lesson_mlp(generator: torch.Generator) -> Sequential:

@@ -11,7 +11,7 @@ global batch size B, one round runs, alternating:
 - ``1 proc x 2 threads``: one process, batch B, both cores (the fair baseline on 2 cores);
 - ``2 procs x 1 thread``: :func:`handgrad.distributed.run` with 2 ranks, B/2 samples each, one
   thread each, gradients averaged by :class:`~handgrad.distributed.DataParallel` (1 bucket);
-- ``torch DDP 2 procs``: the same network converted with ``handgrad.bridge.to_torch`` and
+- ``torch DDP 2 procs``: the same network converted with ``handgrad.interop.torch.to_torch`` and
   trained by PyTorch autograd under ``DistributedDataParallel`` (gloo), for reference.
 
 Per step each rank measures the compute (forward, backward, optimizer step) and the
@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from handgrad.bridge import to_torch
-from handgrad.distributed import DataParallel, DistContext, run
-from handgrad.losses import CrossEntropyLoss
-from handgrad.models import build_model
-from handgrad.optim import SGD
+from handgrad.distributed.data_parallel import DataParallel, DistContext, run
+from handgrad.interop.torch import to_torch
+from handgrad.nn.layers.losses import CrossEntropyLoss
+from handgrad.nn.models import build_model
+from handgrad.optim.optimizers import SGD
 
 WARMUP = 5
 

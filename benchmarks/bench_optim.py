@@ -20,9 +20,9 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as TF
 
-from handgrad.functional import cross_entropy_backward, cross_entropy_forward
-from handgrad.module import Parameter
-from handgrad.optim import SGD, Adam, AdamW
+from handgrad.nn.functional import cross_entropy_backward, cross_entropy_forward
+from handgrad.nn.module import Parameter
+from handgrad.optim.optimizers import SGD, Adam, AdamW
 
 MODELS = {"784-50-10": [784, 50, 10], "784-256-128-10": [784, 256, 128, 10]}
 

@@ -21,8 +21,8 @@ import time
 import torch
 from rich.table import Table
 
+from handgrad.app.ui import make_console
 from handgrad.data import hugepages, rowcopy
-from handgrad.ui import make_console
 
 
 def buffer(shape: tuple[int, int]) -> torch.Tensor:

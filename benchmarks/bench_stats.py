@@ -3,9 +3,10 @@
 Run: ``PYTHONPATH=src python benchmarks/bench_stats.py [--repeats 7] [--steps 50]``
 
 One training step of the MLP 784-256-128-10 (batch 64 and 256: forward, cross-entropy, the
-hand-written backward, an Adam step) is timed plain and with :class:`handgrad.stats.StatsHooks`
-recording activations and gradients of every layer at ``every`` = 1, 10 and 50 batches. Each
-round times ``steps`` steps of each variant, alternating; the table shows the median over
+hand-written backward, an Adam step) is timed plain and with
+:class:`handgrad.train.stats.StatsHooks` recording activations and gradients of every layer
+at ``every`` = 1, 10 and 50 batches. Each round times ``steps`` steps of each variant,
+alternating; the table shows the median over
 ``repeats`` rounds and the overhead relative to the plain step measured in the same rounds.
 """
 
@@ -18,11 +19,11 @@ from collections.abc import Callable
 
 import torch
 
-from handgrad.losses import CrossEntropyLoss
-from handgrad.models import build_model
-from handgrad.module import Module
-from handgrad.optim import Adam
-from handgrad.stats import StatsHooks
+from handgrad.nn.layers.losses import CrossEntropyLoss
+from handgrad.nn.models import build_model
+from handgrad.nn.module import Module
+from handgrad.optim.optimizers import Adam
+from handgrad.train.stats import StatsHooks
 
 EVERY = (1, 10, 50)
 

@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as TF
 from torch import nn
 
-from handgrad.callbacks import LRScheduler, Metrics, NonFiniteGuard, Recorder
 from handgrad.data import DataLoader, load_dataset
-from handgrad.learner import Learner
-from handgrad.losses import CrossEntropyLoss
-from handgrad.models import build_model
-from handgrad.optim import AdamW
-from handgrad.recipes import metric_for
-from handgrad.schedules import OneCycle
+from handgrad.nn.layers.losses import CrossEntropyLoss
+from handgrad.nn.models import build_model
+from handgrad.optim.optimizers import AdamW
+from handgrad.optim.schedules import OneCycle
+from handgrad.train.callbacks import LRScheduler, Metrics, NonFiniteGuard, Recorder
+from handgrad.train.learner import Learner
+from handgrad.train.recipes import metric_for
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from handgrad import bench
+from handgrad.app import bench
 
 
 def main() -> None:

@@ -21,10 +21,10 @@ import time
 import torch
 
 from handgrad.data import DataLoader, load_dataset
-from handgrad.losses import CrossEntropyLoss
-from handgrad.models import build_model
-from handgrad.optim import AdamW
-from handgrad.schedules import OneCycle
+from handgrad.nn.layers.losses import CrossEntropyLoss
+from handgrad.nn.models import build_model
+from handgrad.optim.optimizers import AdamW
+from handgrad.optim.schedules import OneCycle
 
 
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, mean: float, std: float) -> float:

@@ -332,7 +332,7 @@ print("the layer classes give the same gradients")
 #   backward passes right, where the lesson's single `self.out` was overwritten);
 # - `backward(dout)` returns the input's gradient and removes the temporary `.g` it set, so
 #   no stale gradient can be read by mistake; parameter gradients accumulate in `param.g`;
-# - the math lives in pure functions (`handgrad.functional`), the layers are thin wrappers.
+# - the math lives in pure functions (`handgrad.nn.functional`), the layers are thin wrappers.
 #
 # A ReLU written against it is as short as the lesson's:
 
@@ -352,11 +352,11 @@ print(report.summary())
 assert report.ok
 
 # %% [markdown]
-# The lesson's network, built from handgrad's own layers (`handgrad.lesson` keeps the
+# The lesson's network, built from handgrad's own layers (`handgrad.nn.lesson` keeps the
 # lesson's names), produces the gradients we derived by hand:
 
 # %%
-from handgrad.lesson import Model as LessonModel
+from handgrad.nn.lesson import Model as LessonModel
 
 params = [t.double() for t in (w1, b1, w2, b2)]
 net = LessonModel.lesson(*params)
@@ -383,12 +383,12 @@ print("handgrad's layers give the same gradients")
 # in the next section.
 
 # %%
-from handgrad.callbacks import Metrics, Recorder
-from handgrad.learner import Learner
-from handgrad.losses import CrossEntropyLoss
-from handgrad.models import build_model
-from handgrad.optim import Adam
-from handgrad.stats import ActivationStats, GradientStats
+from handgrad.nn.layers.losses import CrossEntropyLoss
+from handgrad.nn.models import build_model
+from handgrad.optim.optimizers import Adam
+from handgrad.train.callbacks import Metrics, Recorder
+from handgrad.train.learner import Learner
+from handgrad.train.stats import ActivationStats, GradientStats
 
 # The cross-entropy's gradient, from handgrad's hand-written backward, is (softmax - onehot)/N
 # and agrees with autograd's:
@@ -439,14 +439,14 @@ assert final_accuracy > 0.92, final_accuracy
 # zero and a histogram of every layer's output and of the gradient arriving at it.
 
 # %%
-from handgrad.layers import Linear
-from handgrad.plots.stats import (
+from handgrad.app.plots.stats import (
     plot_dead_units,
     plot_histograms,
     plot_layer_stats,
     plot_stats_comparison,
 )
-from handgrad.stats import dead_units
+from handgrad.nn.layers import Linear
+from handgrad.train.stats import dead_units
 
 
 def deep_mlp(init):

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from handgrad.cli import main
-from handgrad.gradcheck import Reference, gradcheck
-from handgrad.module import Module
+from handgrad.app.cli import main
+from handgrad.check import Reference, gradcheck
+from handgrad.nn.module import Module
 
 
 @dataclass

@@ -13,16 +13,11 @@ import torch
 from safetensors.torch import save_file
 
 from handgrad.data import DataLoader
-from handgrad.distributed import (
-    DataParallel,
-    DistContext,
-    ShardedLoader,
-    run,
-)
-from handgrad.layers import Linear, ReLU
-from handgrad.losses import MSELoss
-from handgrad.module import Module, Sequential
-from handgrad.optim import SGD
+from handgrad.distributed.data_parallel import DataParallel, DistContext, ShardedLoader, run
+from handgrad.nn.layers import Linear, ReLU
+from handgrad.nn.layers.losses import MSELoss
+from handgrad.nn.module import Module, Sequential
+from handgrad.optim.optimizers import SGD
 
 N_SAMPLES, N_FEATURES = 64, 10
 

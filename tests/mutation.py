@@ -7,7 +7,7 @@
 - ``module.*``: classes on the lesson's own plain ``Module`` base (``forward`` and
   ``bwd(out, *args)``; the base is written out in each file, no handgrad import);
 - ``hg.*``: ``handgrad.Module`` subclasses re-implementing the built-ins' backward by copying
-  (or, ``hg.LinearCall``, by calling) ``handgrad.functional``'s math, plus a residual block that
+  (or, ``hg.LinearCall``, by calling) ``handgrad.nn.functional``'s math, plus a residual block that
   uses its input twice, a weight used twice and a sub-module called twice.
 
 ``OPERATORS`` rewrite the backward methods (``bwd``/``backward``) of a layer with ``ast``:
@@ -204,7 +204,7 @@ class Linear(Module):
 """
 
 _HG_LINEAR_CALL = """
-from handgrad.functional import linear_backward, linear_forward
+from handgrad.nn.functional import linear_backward, linear_forward
 
 
 class LinearCall(Module):
@@ -1341,7 +1341,7 @@ class Verdict:
 
 def check_python(path: Path, base: Base, seed: int) -> Verdict:
     """``gradcheck`` on a fresh layer from ``path``; the verdict and its time (the check only)."""
-    from handgrad import gradcheck
+    from handgrad.check import gradcheck
 
     layer, inputs = build(path, base, seed)
     start = time.perf_counter()

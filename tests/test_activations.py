@@ -8,8 +8,8 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handgrad.cases import general_relu_reference
-from handgrad.layers import GELU, GeneralRelu, LeakyReLU, Mish, Sigmoid, SiLU, Softmax, Tanh
+from handgrad.check.cases import general_relu_reference
+from handgrad.nn.layers import GELU, GeneralRelu, LeakyReLU, Mish, Sigmoid, SiLU, Softmax, Tanh
 
 from conftest import assert_grads
 

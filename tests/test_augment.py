@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from handgrad.augment import random_shift
+from handgrad.data.augment import random_shift
 
 
 def shifted(img: torch.Tensor, dy: int, dx: int, fill: float) -> torch.Tensor:

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from handgrad import bench
-from handgrad.layers import ReLU
+from handgrad.app import bench
+from handgrad.nn.layers import ReLU
 
 from conftest import run_cli
 

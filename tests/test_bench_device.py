@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from handgrad import bench
-from handgrad.commands.bench import _device
+from handgrad.app import bench
+from handgrad.app.commands.bench import _device
 from handgrad.errors import HandgradError
 
 from conftest import run_cli

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.autograd.gradcheck import GradcheckError
 
-import handgrad.torch as hgt
-from handgrad.cases import CASES
-from handgrad.layers import Linear, ReLU
-from handgrad.module import Module, Sequential
+import handgrad.interop.torch as hgt
+from handgrad.check.cases import CASES
+from handgrad.nn.layers import Linear, ReLU
+from handgrad.nn.module import Module, Sequential
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -181,7 +181,7 @@ def test_double_backward_refused() -> None:
 
 def test_loss_module_with_integer_free_target() -> None:
     """A two-argument module (a loss): only the prediction gets a gradient."""
-    from handgrad.losses import MSELoss
+    from handgrad.nn.layers.losses import MSELoss
 
     loss = hgt.as_function(MSELoss())
     pred = torch.randn(6, 1, dtype=torch.float64, requires_grad=True)
@@ -296,7 +296,7 @@ def test_to_torch_computes_the_same(case) -> None:
 def test_cnn_round_trip_with_trained_statistics() -> None:
     """The built-in cnn (Reshape, Conv2d, BatchNorm2d, ReLU, GlobalAvgPool, Dropout, Linear)
     after a few training forwards moved its running statistics: same outputs in eval mode."""
-    from handgrad.models import build_model
+    from handgrad.nn.models import build_model
 
     model = build_model("cnn", generator=torch.Generator().manual_seed(0), channels=(4, 8),
                         strides=(1, 2))  # fmt: skip

@@ -11,11 +11,18 @@ import pytest
 import torch
 
 from handgrad import HandgradError, MSELoss
-from handgrad import checkpoint as ck
-from handgrad.callbacks import Augment, Checkpointer, EarlyStopping, LRScheduler, Metrics, Recorder
-from handgrad.learner import Callback, CancelFitException, Learner
-from handgrad.models import build_model
-from handgrad.module import Module
+from handgrad.nn.models import build_model
+from handgrad.nn.module import Module
+from handgrad.train import checkpoint as ck
+from handgrad.train.callbacks import (
+    Augment,
+    Checkpointer,
+    EarlyStopping,
+    LRScheduler,
+    Metrics,
+    Recorder,
+)
+from handgrad.train.learner import Callback, CancelFitException, Learner
 from training_helpers import MomentumSGD, SeededLoader, small_net
 
 INFO = {"model": {"name": "test", "kwargs": {}}, "config": {"seed": 0}}

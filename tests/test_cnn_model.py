@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handgrad.layers import Conv2d
-from handgrad.losses import CrossEntropyLoss
-from handgrad.models import MODELS, build_model
-from handgrad.optim import SGD
+from handgrad.nn.layers import Conv2d
+from handgrad.nn.layers.losses import CrossEntropyLoss
+from handgrad.nn.models import MODELS, build_model
+from handgrad.optim.optimizers import SGD
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,10 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handgrad import functional as F
-from handgrad.cases import conv_reference
-from handgrad.functional.conv import ConvGeometry, col2im, im2col, pick_method
-from handgrad.layers import Conv2d
+from handgrad.check.cases import conv_reference
+from handgrad.nn import functional as F
+from handgrad.nn.functional.conv import ConvGeometry, col2im, im2col, pick_method
+from handgrad.nn.layers import Conv2d
 
 from conftest import assert_grads
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from handgrad.cases import cross_entropy_reference
+from handgrad.check.cases import cross_entropy_reference
 from handgrad.errors import HandgradError
-from handgrad.functional import cross_entropy_backward, cross_entropy_forward
-from handgrad.layers import Linear
-from handgrad.losses import CrossEntropyLoss, LossInputError
-from handgrad.metrics import accuracy, confusion_matrix
-from handgrad.module import Sequential
+from handgrad.nn.functional import cross_entropy_backward, cross_entropy_forward
+from handgrad.nn.layers import Linear
+from handgrad.nn.layers.losses import CrossEntropyLoss, LossInputError
+from handgrad.nn.module import Sequential
+from handgrad.train.metrics import accuracy, confusion_matrix
 
 from conftest import assert_grads
 

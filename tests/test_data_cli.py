@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from handgrad.data import download, load_dataset, registry, sample
-from handgrad.data.idx import write_idx
+from handgrad.data import load_dataset
+from handgrad.data.formats.idx import write_idx
+from handgrad.data.sources import download, registry, sample
 from handgrad.errors import HandgradError
 
 from conftest import run_cli

@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from handgrad.data import download, load_dataset, registry
-from handgrad.data.download import RemoteFile
-from handgrad.data.idx import write_idx
+from handgrad.app import ui
+from handgrad.data import load_dataset
+from handgrad.data.formats.idx import write_idx
+from handgrad.data.sources import download, registry
+from handgrad.data.sources.download import RemoteFile
 from handgrad.errors import HandgradError
 
 SERVER_DEADLINE_S = 30.0  # the server stops by itself after this, whatever happens
@@ -273,13 +275,13 @@ def test_progress_bar_only_on_a_terminal(tmp_path, server, remote, monkeypatch, 
 
     from rich.console import Console
 
-    load_dataset("mnist", data_dir=tmp_path / "a")
+    load_dataset("mnist", data_dir=tmp_path / "a", progress=ui.download_bar)
     assert capsys.readouterr().err == ""  # not a terminal: quiet
     screen = io.StringIO()
     terminal = Console(file=screen, force_terminal=True, width=120)
-    monkeypatch.setattr(download, "make_console", lambda stderr=False: terminal)
-    load_dataset("mnist", data_dir=tmp_path / "b")
+    monkeypatch.setattr(ui, "make_console", lambda stderr=False: terminal)
+    load_dataset("mnist", data_dir=tmp_path / "b", progress=ui.download_bar)
     assert "train-images-idx3-ubyte.gz from 127.0.0.1" in screen.getvalue()
     screen.truncate(0)
-    load_dataset("mnist", data_dir=tmp_path / "c", progress=False)
+    load_dataset("mnist", data_dir=tmp_path / "c")  # a library call shows nothing
     assert screen.getvalue() == ""

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from handgrad.data import load_dataset
-from handgrad.data.idx import IMAGES_MAGIC, LABELS_MAGIC, write_idx
+from handgrad.data.formats.idx import IMAGES_MAGIC, LABELS_MAGIC, write_idx
 from handgrad.errors import HandgradError
 
 N_TRAIN, N_TEST = 60, 20  # 1/6 of train (10 rows) becomes valid

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from handgrad.demo import run_lesson
+from handgrad.app.demo import run_lesson
 
 from conftest import run_cli
 

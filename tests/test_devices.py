@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handgrad.cases import CASES
-from handgrad.devices import available_devices, resolve_device
+from handgrad.check.cases import CASES
 from handgrad.errors import HandgradError
-from handgrad.layers import Linear, ReLU
-from handgrad.losses import CrossEntropyLoss, MSELoss
-from handgrad.module import Module, Sequential
-from handgrad.optim import SGD, Adam, AdamW
+from handgrad.nn.layers import Linear, ReLU
+from handgrad.nn.layers.losses import CrossEntropyLoss, MSELoss
+from handgrad.nn.module import Module, Sequential
+from handgrad.optim.optimizers import SGD, Adam, AdamW
+from handgrad.train.devices import available_devices, resolve_device
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import dist_workers
-from handgrad.distributed import (
+from handgrad.distributed.data_parallel import (
     EXIT_PEER_LOST,
     DataParallel,
     DistContext,
@@ -33,7 +33,7 @@ from handgrad.distributed import (
     shard_indices,
 )
 from handgrad.errors import HandgradError
-from handgrad.layers import Linear
+from handgrad.nn.layers import Linear
 
 
 # ------------------------------------------------------------------------------ sharding
@@ -277,7 +277,7 @@ def test_spawn_returns_when_a_rank_ends_between_two_looks(monkeypatch) -> None:
     between left it waiting on an empty list of processes, forever (seen once in CI)."""
     import threading
 
-    from handgrad import distributed
+    from handgrad.distributed import data_parallel as distributed
 
     class EndsWhileLookedAt:
         """A finished rank whose first exit-code read still says "running"."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handgrad.cases import dropout_reference
-from handgrad.layers import Dropout
+from handgrad.check.cases import dropout_reference
+from handgrad.nn.layers import Dropout
 
 from conftest import assert_grads
 

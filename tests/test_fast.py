@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from handgrad import fast
-from handgrad.compiled import Build
+from handgrad._build import Build
 from handgrad.errors import HandgradError
 from handgrad.fast import FastStep
-from handgrad.layers import Linear, ReLU
-from handgrad.lesson import Lin
-from handgrad.losses import CrossEntropyLoss, MSELoss
-from handgrad.models import build_model
-from handgrad.module import Module, Sequential
-from handgrad.optim import SGD, Adam
+from handgrad.nn.layers import Linear, ReLU
+from handgrad.nn.layers.losses import CrossEntropyLoss, MSELoss
+from handgrad.nn.lesson import Lin
+from handgrad.nn.models import build_model
+from handgrad.nn.module import Module, Sequential
+from handgrad.optim.optimizers import SGD, Adam
 
 pytestmark = pytest.mark.slow  # the first run builds the C++ extension (then it is cached)
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("handgrad.learner", reason="the Learner (helper 'training') is not here yet")
-
 from handgrad import fast
-from handgrad.bench import Batches, make_data
-from handgrad.callbacks import Metrics, Recorder
+from handgrad.app.bench import Batches, make_data
 from handgrad.fast.learner import FastLearner
-from handgrad.learner import Callback, CancelBatchException, Learner
-from handgrad.losses import CrossEntropyLoss
-from handgrad.models import build_model
-from handgrad.optim import SGD
+from handgrad.nn.layers.losses import CrossEntropyLoss
+from handgrad.nn.models import build_model
+from handgrad.optim.optimizers import SGD
+from handgrad.train.callbacks import Metrics, Recorder
+from handgrad.train.learner import Callback, CancelBatchException, Learner
 
 pytestmark = pytest.mark.slow  # builds the C++ extension on the first run
 

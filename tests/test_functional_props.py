@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handgrad import functional as F
+from handgrad.nn import functional as F
 
 dims = st.integers(min_value=1, max_value=12)
 values = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=64)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handgrad import Linear, Module, Parameter, gradcheck
+from handgrad import Linear, Module, Parameter
+from handgrad.check import gradcheck
 
 from conftest import run_cli
 

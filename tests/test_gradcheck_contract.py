@@ -9,7 +9,8 @@ import time
 import numpy as np
 import torch
 
-from handgrad import Module, Parameter, gradcheck
+from handgrad import Module, Parameter
+from handgrad.check import gradcheck
 
 from conftest import run_cli
 

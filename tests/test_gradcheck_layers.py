@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as TF
 
 from handgrad import Linear, MSELoss, ReLU, Sequential
-from handgrad.cases import CASES, linear_reference
-from handgrad.lesson import Model
+from handgrad.check.cases import CASES, linear_reference
+from handgrad.nn.lesson import Model
 
 from conftest import assert_grads
 

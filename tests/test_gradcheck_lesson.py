@@ -16,8 +16,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from handgrad import gradcheck
-from handgrad.gradcheck import CheckReport
+from handgrad.check import CheckReport, gradcheck
 
 from conftest import run_cli
 

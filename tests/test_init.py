@@ -1,4 +1,4 @@
-"""Weight initialisation per layer: the rule of handgrad.init, measured on real draws."""
+"""Weight initialisation per layer: the rule of handgrad.nn.init, measured on real draws."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from handgrad import Linear, Sequential
-from handgrad.init import init_model, lsuv_init, recommended_init
-from handgrad.layers import (
+from handgrad.nn.init import init_model, lsuv_init, recommended_init
+from handgrad.nn.layers import (
     GELU,
     BatchNorm2d,
     Conv2d,

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from handgrad import MSELoss
-from handgrad.callbacks import (
+from handgrad.train.callbacks import (
     EarlyStopping,
     LRScheduler,
     Metrics,
@@ -20,7 +20,7 @@ from handgrad.callbacks import (
     Recorder,
     lr_find,
 )
-from handgrad.learner import (
+from handgrad.train.learner import (
     Callback,
     CancelBatchException,
     CancelEpochException,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from handgrad import Linear, Module, MSELoss, Parameter, ReLU, Sequential
-from handgrad.lesson import Lin, Model
+from handgrad.nn.lesson import Lin, Model
 
 from conftest import assert_grads
 

@@ -9,9 +9,9 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handgrad import functional as F
-from handgrad.cases import batchnorm_reference, layernorm_reference
-from handgrad.layers import BatchNorm1d, BatchNorm2d, LayerNorm
+from handgrad.check.cases import batchnorm_reference, layernorm_reference
+from handgrad.nn import functional as F
+from handgrad.nn.layers import BatchNorm1d, BatchNorm2d, LayerNorm
 
 from conftest import assert_grads
 

@@ -10,13 +10,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as TF
 
-from handgrad import functional as F
-from handgrad.cases import batchnorm_relu_reference
-from handgrad.checkpoint import load_checkpoint, save_checkpoint
-from handgrad.layers import BatchNorm2d, BatchNormReLU2d, Identity, ReLU
-from handgrad.losses import CrossEntropyLoss
-from handgrad.models import build_model
-from handgrad.module import Sequential
+from handgrad.check.cases import batchnorm_relu_reference
+from handgrad.nn import functional as F
+from handgrad.nn.layers import BatchNorm2d, BatchNormReLU2d, Identity, ReLU
+from handgrad.nn.layers.losses import CrossEntropyLoss
+from handgrad.nn.models import build_model
+from handgrad.nn.module import Sequential
+from handgrad.train.checkpoint import load_checkpoint, save_checkpoint
 
 from conftest import assert_grads
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from handgrad.module import Parameter
-from handgrad.optim import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
+from handgrad.nn.module import Parameter
+from handgrad.optim.optimizers import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
 
 SHAPES = [(5, 3), (3,), (4, 2, 2), (1,)]
 
@@ -235,7 +235,7 @@ def test_bad_hyperparameters_raise_value_error(make, message) -> None:
 
 
 def test_params_must_be_an_iterable_of_tensors() -> None:
-    from handgrad.layers import Linear
+    from handgrad.nn.layers import Linear
 
     with pytest.raises(TypeError, match=r"model.parameters\(\)"):
         SGD(Linear(2, 2), lr=0.1)

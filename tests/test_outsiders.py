@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import torch
 
-from handgrad import gradcheck
+from handgrad.check import gradcheck
 
 from conftest import run_cli
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from handgrad.plots import new_figure, save_png
+from handgrad.app.plots import new_figure, save_png
 
 
 def test_save_png_writes_atomically(tmp_path) -> None:

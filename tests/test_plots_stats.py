@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from handgrad.losses import MSELoss
-from handgrad.models import build_model
-from handgrad.plots.base import DPI
-from handgrad.plots.stats import (
+from handgrad.app.plots.base import DPI
+from handgrad.app.plots.stats import (
     confident_mistakes,
     hist_figure_size,
     mistakes_figure_size,
@@ -21,7 +19,9 @@ from handgrad.plots.stats import (
     plot_layer_stats,
     plot_stats_comparison,
 )
-from handgrad.stats import StatsHooks, dead_units
+from handgrad.nn.layers.losses import MSELoss
+from handgrad.nn.models import build_model
+from handgrad.train.stats import StatsHooks, dead_units
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -8,10 +8,10 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handgrad import functional as F
-from handgrad.cases import avgpool_reference, maxpool_reference
-from handgrad.functional.conv import ConvGeometry
-from handgrad.layers import AvgPool2d, Flatten, GlobalAvgPool, MaxPool2d, Reshape
+from handgrad.check.cases import avgpool_reference, maxpool_reference
+from handgrad.nn import functional as F
+from handgrad.nn.functional.conv import ConvGeometry
+from handgrad.nn.layers import AvgPool2d, Flatten, GlobalAvgPool, MaxPool2d, Reshape
 
 from conftest import assert_grads
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from handgrad.losses import MSELoss
-from handgrad.models import build_model
-from handgrad.plots.stats import save_stats_plots
-from handgrad.report import read_run, write_report
-from handgrad.stats import StatsHooks
+from handgrad.app.plots.stats import save_stats_plots
+from handgrad.app.report import read_run, write_report
+from handgrad.nn.layers.losses import MSELoss
+from handgrad.nn.models import build_model
+from handgrad.train.stats import StatsHooks
 
 from conftest import run_cli
 

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from handgrad.compiled import Build
+from handgrad._build import Build
 from handgrad.data import DataLoader, rowcopy
 
 needs_build = pytest.mark.skipif(

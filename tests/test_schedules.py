@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from handgrad.errors import HandgradError
-from handgrad.module import Parameter
-from handgrad.optim import SGD
-from handgrad.schedules import (
+from handgrad.nn.module import Parameter
+from handgrad.optim.optimizers import SGD
+from handgrad.optim.schedules import (
     SCHEDULES,
     Constant,
     CosineWarmup,

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from handgrad.layers import Linear, ReLU
-from handgrad.losses import MSELoss
-from handgrad.models import build_model
-from handgrad.module import Sequential
-from handgrad.stats import (
+from handgrad.nn.layers import Linear, ReLU
+from handgrad.nn.layers.losses import MSELoss
+from handgrad.nn.models import build_model
+from handgrad.nn.module import Sequential
+from handgrad.train.stats import (
     ActivationStats,
     GradientStats,
     StatsHooks,

@@ -8,9 +8,9 @@ import sympy
 import torch
 import torch.nn.functional as TF
 
-from handgrad.layers import GELU, Mish, Sigmoid, SiLU, Tanh
-from handgrad.module import Module
-from handgrad.symbolic import Activation
+from handgrad.check.symbolic import Activation
+from handgrad.nn.layers import GELU, Mish, Sigmoid, SiLU, Tanh
+from handgrad.nn.module import Module
 
 from conftest import assert_grads
 

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from handgrad import HandgradError
-from handgrad.checkpoint import load_checkpoint
-from handgrad.inference import _mnist_style
-from handgrad.training import resolve_threads
+from handgrad.app.run import resolve_threads
+from handgrad.train.checkpoint import load_checkpoint
+from handgrad.train.inference import _mnist_style
 
 from conftest import run_cli
 

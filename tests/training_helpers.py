@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from handgrad import Linear, ReLU, Sequential
-from handgrad.module import Module
+from handgrad.nn.module import Module
 
 
 class MomentumSGD:

@@ -6,9 +6,9 @@ extra), ``load_dataset("mnist")`` / ``("fashion-mnist")`` find or download the f
 of them. Every file is validated; pickles can only rebuild numpy arrays.
 """
 
-from .dataset import DIGITS, FASHION, Dataset, Split, pixel_stats
-from .loader import DataLoader
-from .registry import NAMES, data_root, load_dataset
+from handgrad.data.dataset import DIGITS, FASHION, Dataset, Split, pixel_stats
+from handgrad.data.loader import DataLoader
+from handgrad.data.sources.registry import NAMES, data_root, load_dataset
 
 __all__ = [
     "DIGITS",

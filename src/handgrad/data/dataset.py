@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import HandgradError
+from handgrad.errors import HandgradError
 
 N_CLASSES = 10
 DIGITS = [str(d) for d in range(N_CLASSES)]

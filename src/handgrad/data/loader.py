@@ -19,8 +19,8 @@ from itertools import repeat
 import torch
 from torch import Tensor
 
-from . import hugepages as hugepage_memory
-from . import rowcopy
+from handgrad.data import hugepages as hugepage_memory
+from handgrad.data import rowcopy
 
 #: A split is moved to an accelerator whole when it takes less than this part of the free memory.
 RESIDENT_FRACTION = 0.5

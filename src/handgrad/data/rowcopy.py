@@ -2,7 +2,7 @@
 
 ``rowcopy.c`` is one small C function. It is compiled with the system's C compiler on first
 use (a fraction of a second; cached beside the fast path's build, see
-:mod:`handgrad.compiled`) and called through :mod:`ctypes`, which lets go of the GIL while it
+:mod:`handgrad._build`) and called through :mod:`ctypes`, which lets go of the GIL while it
 runs. Where it cannot be built (no compiler, ``HANDGRAD_FAST=0``) or the tensors do not suit
 it, :func:`gather_rows` says so by returning ``False`` and the caller uses
 ``torch.index_select``: the rows are the same, bit for bit, only slower.
@@ -18,14 +18,14 @@ import platform
 import shlex
 import subprocess
 import sysconfig
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..compiled import Build, build_dir
+from handgrad._build import Build, build_dir
+from handgrad._io import temporary_beside
 
 _SOURCE = Path(__file__).with_name("rowcopy.c")
 #: Below this many bytes of x per thread, more threads cost more to start than they save.
@@ -68,12 +68,9 @@ build = Build(_SOURCE, _load)
 def _compile(compiler: list[str], target: Path) -> None:
     """Compile into a temporary file beside ``target`` and rename it into place: a reader (or
     another process building the same file) never sees half a library."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.stem, suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with temporary_beside(target) as tmp:
         done = subprocess.run(
-            [*compiler, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)],
+            [*compiler, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(_SOURCE)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -81,9 +78,6 @@ def _compile(compiler: list[str], target: Path) -> None:
         if done.returncode != 0:
             raise subprocess.SubprocessError(done.stderr.strip() or f"exit {done.returncode}")
         os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def status() -> tuple[bool, str]:

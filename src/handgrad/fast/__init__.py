@@ -1,7 +1,7 @@
 """The fast path: a training step of a Linear/ReLU network in one compiled call.
 
 At batch 64 a training step of the lesson's MLP is about twenty small kernels, and the Python
-around each of them (the :class:`~handgrad.module.Module` contract, argument parsing, tensor
+around each of them (the :class:`~handgrad.nn.module.Module` contract, argument parsing, tensor
 wrappers) costs more than their arithmetic. :class:`FastStep` runs the whole forward pass, the
 loss and the backward pass of a supported model in one C++ function (``mlp_step.cpp``, built
 with ``torch.utils.cpp_extension`` on first use and cached), and leaves the gradients in
@@ -11,15 +11,16 @@ updated by one GEMM (``W <- (1 - lr wd) W - lr h^T d``) without ever writing its
 any other optimizer steps in Python after the compiled forward and backward.
 
 The readable path stays the reference: the C++ code is the same math as
-:mod:`handgrad.functional`, step for step (tests/test_fast.py checks the weights after N steps
+:mod:`handgrad.nn.functional`, step for step (tests/test_fast.py checks the weights after N steps
 against it: equal to 1e-10 in float64, to rounding in float32).
 Where the extension cannot be built (no compiler, no Python headers, ``HANDGRAD_FAST=0``) or
 the model is not one it supports, :class:`FastStep` says so in one line on stderr, once, and
 runs the readable Python path instead.
 
-Supported: a :class:`~handgrad.module.Sequential` of :class:`~handgrad.layers.Linear` layers,
-each optionally followed by one :class:`~handgrad.layers.ReLU`, with
-:class:`~handgrad.losses.CrossEntropyLoss` or :class:`~handgrad.losses.MSELoss`, no hooks.
+Supported: a :class:`~handgrad.nn.module.Sequential` of :class:`~handgrad.nn.layers.Linear` layers,
+each optionally followed by one :class:`~handgrad.nn.layers.ReLU`, with
+:class:`~handgrad.nn.layers.losses.CrossEntropyLoss` or
+:class:`~handgrad.nn.layers.losses.MSELoss`, no hooks.
 
 Example:
     >>> step = FastStep(model, loss_fn)
@@ -42,10 +43,10 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from ..compiled import Build
-from ..layers import Linear, ReLU
-from ..module import Module, Sequential
-from ..optim import SGD, Optimizer
+from handgrad._build import Build
+from handgrad.nn.layers import Linear, ReLU
+from handgrad.nn.module import Module, Sequential
+from handgrad.optim.optimizers import SGD, Optimizer
 
 _SOURCE = Path(__file__).with_name("mlp_step.cpp")
 _CE, _MSE = 0, 1
@@ -92,7 +93,7 @@ def fast_path_status() -> tuple[bool, str]:
 def _plan(model: Module, loss_fn: Module | None) -> tuple[list[Linear], list[bool], int, str]:
     """The linear layers, the ReLU-after flags and the loss kind, or a reason (last item) why
     this model is not supported."""
-    from ..losses import CrossEntropyLoss, MSELoss
+    from handgrad.nn.layers.losses import CrossEntropyLoss, MSELoss
 
     kind = -1
     if type(loss_fn) is CrossEntropyLoss:

@@ -1,4 +1,4 @@
-"""``FastLearner``: the :class:`~handgrad.learner.Learner`, with training batches through
+"""``FastLearner``: the :class:`~handgrad.train.learner.Learner`, with training batches through
 :class:`~handgrad.fast.FastStep`.
 
 The Learner's batch is ``predict -> get_loss -> backward -> opt_step``, each replaceable. Here
@@ -30,12 +30,12 @@ from typing import Any
 
 from torch import Tensor
 
-from ..learner import Learner
-from . import FastStep
+from handgrad.fast import FastStep
+from handgrad.train.learner import Learner
 
 
 class FastLearner(Learner):
-    """A :class:`~handgrad.learner.Learner` whose steps run through :class:`FastStep`.
+    """A :class:`~handgrad.train.learner.Learner` whose steps run through :class:`FastStep`.
 
     Takes the Learner's arguments. ``learn.fast`` is the :class:`FastStep` in use
     (``learn.fast.compiled`` says whether the C++ path runs).

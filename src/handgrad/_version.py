@@ -1,0 +1,3 @@
+"""The package version, in a module of its own so that any layer may import it cheaply."""
+
+__version__ = "0.1.0"

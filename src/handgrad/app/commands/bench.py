@@ -1,0 +1,154 @@
+"""``handgrad bench``: handgrad against PyTorch eager on the workloads W1-W5 (issue 6).
+
+    handgrad bench                     # every workload, full size (a few minutes)
+    handgrad bench --quick             # small sizes, under a minute
+    handgrad bench --only W2,W3 --json results.json
+    handgrad bench --threads 1         # both sides single-threaded
+    handgrad bench --device cuda       # on the GPU (fast path skipped, GPU memory measured)
+
+Both sides run in this process, alternating, several rounds; the table shows medians. A
+handgrad variant whose parameters disagree with PyTorch's after one step is marked WRONG and
+gets no speed-up (exit status 1). See handgrad.app.bench for how each column is measured.
+
+With --device cuda everything (data, both models, optimizers) lives on the GPU, each timed
+interval is bracketed by torch.cuda.synchronize(), TF32 is off on both sides, the CPU-only
+compiled fast path is skipped, --clock cpu is refused, and "peak mem" is the GPU memory
+PyTorch's caching allocator had allocated at its highest during one run (max_memory_allocated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handgrad._io import write_text
+from handgrad.app.bench import Config, render, run_bench, to_markdown
+from handgrad.app.ui import make_console
+from handgrad.errors import HandgradError
+from handgrad.train.devices import resolve_device
+
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+
+
+def add(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time handgrad against PyTorch eager (W1-W5), with a correctness guard",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes (under a minute in all)")
+    p.add_argument("--only", default="", help="comma-separated workloads, e.g. W2,W3")
+    p.add_argument("--rows", type=int, help="rows of data for every workload (overrides sizes)")
+    p.add_argument("--repeats", type=int, help="timed rounds per workload (median reported)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda, cuda:N, or auto (cuda where PyTorch sees a GPU, else cpu)",
+    )
+    p.add_argument("--threads", type=int, help="torch intra-op threads for both sides")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or process CPU time (steadier on a shared machine, with --threads 1; "
+        "CPU only)",
+    )
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument(
+        "--memory-repeats",
+        type=int,
+        default=1,
+        help="fresh processes per peak-memory figure (median; small workloads vary by ~1 MiB; "
+        "CPU only: on cuda the allocator's counts are exact, one run each)",
+    )
+    p.add_argument("--no-fast", action="store_true", help="skip the compiled fast path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
+    p.set_defaults(run=run)
+
+
+def parse_config(args: argparse.Namespace) -> Config:
+    only = tuple(w.strip().upper() for w in args.only.split(",") if w.strip())
+    unknown = [w for w in only if w not in WORKLOADS]
+    if unknown:
+        raise HandgradError(f"--only {args.only!r}: unknown {unknown}; choose from {WORKLOADS}")
+    for name in ("rows", "repeats", "threads", "memory_repeats"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise HandgradError(f"--{name} {value}: must be a positive integer")
+    device = _device(args.device)  # --clock cpu with cuda: refused by run_bench
+    return Config(
+        quick=args.quick,
+        rows=args.rows,
+        repeats=args.repeats,
+        only=only,
+        memory=not args.no_memory,
+        memory_repeats=args.memory_repeats,
+        fast=not args.no_fast,
+        threads=args.threads,
+        clock=args.clock,
+        seed=args.seed,
+        device=str(device),
+    )
+
+
+def _device(name: str) -> torch.device:
+    """``--device``: ``auto`` is cuda where PyTorch sees a GPU, else the CPU (the bench does
+    not support Apple's MPS); anything else is checked by :func:`resolve_device`."""
+    if name.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(name)
+    if device.type not in ("cpu", "cuda"):
+        raise HandgradError(f"--device {name}: handgrad bench runs on cpu or cuda only")
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = parse_config(args)
+    to_stdout = args.json == "-"
+    console = make_console(stderr=to_stdout)
+    with console.status("benchmarking") as status:
+        report = run_bench(cfg, progress=lambda msg: status.update(msg))
+    console.print(render(report))
+    for line in report["skipped"]:
+        console.print(f"skipped: {line}")
+    for t in report["targets"]:
+        mark = "[green]met[/green]" if t["met"] else "[yellow]missed[/yellow]"
+        console.print(f"target {mark}: {t['target']}: {t['value']}")
+    m = report["machine"]
+    load = ", ".join(f"{v:.2f}" for v in m["load_average"])
+    console.print(
+        f"{m['date']}; load average {load}; peak memory: {report['memory_method']}; "
+        f"finished in {report['seconds']:.0f} s"
+    )
+    text = json.dumps(report, indent=2)
+    if to_stdout:
+        print(text)
+    elif args.json:
+        _write(Path(args.json), text + "\n", "JSON results")
+    if args.markdown:
+        _write(Path(args.markdown), to_markdown(report), "markdown table")
+    wrong = [
+        f"{w['key']} {r['label']}"
+        for w in report["workloads"]
+        for r in w["results"]
+        if r["guard"] is not None and not r["guard"]["ok"]
+    ]
+    if wrong:
+        console.print(f"[red]refused[/red]: results differ from PyTorch for {', '.join(wrong)}")
+        return 1
+    return 0
+
+
+def _write(path: Path, text: str, what: str) -> None:
+    """Write ``text`` atomically (a temporary file renamed into place)."""
+    try:
+        write_text(path, text)
+    except OSError as exc:
+        raise HandgradError(f"{path}: cannot write the {what} ({exc.strerror})") from exc

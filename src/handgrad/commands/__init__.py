@@ -1,5 +1,0 @@
-"""Sub-commands of the ``handgrad`` CLI, one module each (see :mod:`handgrad.cli`)."""
-
-from . import bench, check, data, demo, evaluate, lr_find, predict, report, train
-
-COMMANDS = [check, demo, data, train, evaluate, predict, lr_find, report, bench]

@@ -1,0 +1,1 @@
+"""Reading dataset files: IDX, ``.npz`` and (never trusted) pickles, and the checks they share."""

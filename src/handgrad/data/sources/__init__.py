@@ -1,0 +1,1 @@
+"""Where datasets come from: the named registry, downloads, the embedded MNIST sample, a path."""

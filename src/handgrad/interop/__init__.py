@@ -1,0 +1,1 @@
+"""Bridges to other libraries: :mod:`.torch` turns handgrad modules into PyTorch ones and back."""
