@@ -29,10 +29,15 @@ SHAPES = ((16, 28, 28), (32, 14, 14), (64, 7, 7), (128, 4, 4), (128, 4, 4))
 
 
 def separate(norm: ModuleType) -> Callable[..., None]:
+    # What the layers run: the fused batch norm where the module has it (older trees named it
+    # batchnorm_forward/backward).
+    forward = getattr(norm, "fused_batchnorm_forward", norm.batchnorm_forward)
+    backward = getattr(norm, "fused_batchnorm_backward", norm.batchnorm_backward)
+
     def step(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, dy: torch.Tensor) -> None:
-        h, cache = norm.batchnorm_forward(x, gamma, beta, None, None, training=True)
+        h, cache = forward(x, gamma, beta, None, None, training=True)
         y, _ = F.relu_forward(h)
-        norm.batchnorm_backward(F.relu_backward(dy, y), cache)
+        backward(F.relu_backward(dy, y), cache)
 
     return step
 

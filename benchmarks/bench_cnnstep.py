@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from handgrad.app import bench
+from handgrad.interop.torch import to_torch
 from handgrad.nn.layers.losses import CrossEntropyLoss
 from handgrad.nn.models import build_model
 from handgrad.nn.module import Module
@@ -50,7 +50,7 @@ def main() -> None:
     gen = torch.Generator
     fused = build_model("cnn", generator=gen().manual_seed(1))
     separate = build_model("cnn", generator=gen().manual_seed(1), fused=False)
-    twin = bench.torch_twin(separate)
+    twin = to_torch(separate)
     runs: dict[str, Callable[[], None]] = {
         "torch eager": lambda: torch_step(twin, xs, ys),
         "handgrad separate": lambda: handgrad_step(separate, xs, ys),

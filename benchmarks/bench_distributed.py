@@ -4,7 +4,8 @@ Run: ``PYTHONPATH=src python benchmarks/bench_distributed.py [--batch 64 256 102
 [--steps 60] [--rounds 5]``
 
 The model is the MNIST MLP 784-256-128-10 (235,146 parameters, 0.94 MB of float32
-gradients) with cross-entropy and SGD (momentum 0.9) on random MNIST-shaped data. For each
+gradients) with cross-entropy and SGD (momentum 0.9) on random MNIST-shaped data, each rank's
+batches from ``handgrad.data.DataLoader(rank=, world_size=)`` (in order: views). For each
 global batch size B, one round runs, alternating:
 
 - ``1 proc x 1 thread``: one process, batch B, one BLAS thread (one core);
@@ -34,7 +35,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from handgrad.distributed.data_parallel import DataParallel, DistContext, run
+from handgrad.data import DataLoader
+from handgrad.distributed import DataParallel, DistContext, run
 from handgrad.interop.torch import to_torch
 from handgrad.nn.layers.losses import CrossEntropyLoss
 from handgrad.nn.models import build_model
@@ -46,6 +48,13 @@ WARMUP = 5
 def make_data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def rank_batches(ctx: DistContext, batch: int, steps: int) -> DataLoader:
+    """This rank's ``steps + WARMUP`` batches of ``batch / W`` rows, sharded as in training."""
+    local = batch // ctx.world_size
+    x, y = make_data(local * (steps + WARMUP) * ctx.world_size)
+    return DataLoader(x, y, local, rank=ctx.rank, world_size=ctx.world_size)
 
 
 def median_ms(values: list[float]) -> float:
@@ -68,12 +77,8 @@ def handgrad_worker(ctx: DistContext, batch: int, steps: int, threads: int, out:
     loss_fn = CrossEntropyLoss()
     opt = SGD(model.parameters(), 0.01, momentum=0.9)
     dp = DataParallel(model, ctx)
-    local = batch // ctx.world_size
-    x, y = make_data(local * (steps + WARMUP) * ctx.world_size)
-    x, y = x[ctx.rank :: ctx.world_size], y[ctx.rank :: ctx.world_size]
     compute, comm, total = [], [], []
-    for i in range(steps + WARMUP):
-        xb, yb = x[i * local : (i + 1) * local], y[i * local : (i + 1) * local]
+    for i, (xb, yb) in enumerate(rank_batches(ctx, batch, steps)):
         t0 = time.perf_counter()
         loss_fn(model(xb), yb)
         model.backward(loss_fn.backward()[0], need_input_grad=False)
@@ -107,12 +112,8 @@ def ddp_worker(ctx: DistContext, batch: int, steps: int, threads: int, out: str)
     net = to_torch(build_model("mlp", generator=torch.Generator().manual_seed(0)))
     model = torch.nn.parallel.DistributedDataParallel(net)
     opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
-    local = batch // ctx.world_size
-    x, y = make_data(local * (steps + WARMUP) * ctx.world_size)
-    x, y = x[ctx.rank :: ctx.world_size], y[ctx.rank :: ctx.world_size]
     total = []
-    for i in range(steps + WARMUP):
-        xb, yb = x[i * local : (i + 1) * local], y[i * local : (i + 1) * local]
+    for i, (xb, yb) in enumerate(rank_batches(ctx, batch, steps)):
         t0 = time.perf_counter()
         torch.nn.functional.cross_entropy(model(xb), yb).backward()
         opt.step()

@@ -1,7 +1,7 @@
 """The gradient checker against the mutation catalogue: catch rate and time per check.
 
 Runs every correct layer, every equivalent mutant and every wrong mutant of
-tests/mutation.py for seeds 0-9, both by ``handgrad.gradcheck`` (the Python path) and by
+tests/check/mutation.py for seeds 0-9, both by ``handgrad.gradcheck`` (the Python path) and by
 ``handgrad check FILE:Class ...`` run in-process (the CLI path), and prints:
 
 - per operator: mutants; gradcheck checks not ok; checks caught (not ok AND status 1) by
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS / "check"))
 sys.path.insert(0, str(TESTS))
 
-from conftest import run_cli  # noqa: E402
 from mutation import (  # noqa: E402
     BASES,
     MUTANTS,
@@ -42,6 +42,7 @@ from mutation import (  # noqa: E402
     names_right,
     write,
 )
+from support import run_cli  # noqa: E402
 
 
 def main() -> int:

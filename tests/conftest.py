@@ -1,45 +1,30 @@
-"""Shared test helpers: the CLI run in-process, and the one gradient-check helper."""
+"""Fixtures, and markers given by folder: ``-m "not slow"``, ``-m "not distributed"``, ... select
+parts of the suite; ``make test`` runs it all."""
 
 from __future__ import annotations
 
-import io
-from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
-from handgrad.app.cli import main
-from handgrad.check import Reference, gradcheck
-from handgrad.nn.module import Module
+HERE = Path(__file__).parent
+# Markers by where a test lives (a file's own marks add to these).
+_FOLDER_MARKS = {"distributed": "distributed", "fast": "compiled", "app": "cli"}
+_FILE_MARKS = {
+    "test_rowcopy.py": "compiled",
+    "test_gradcheck_mutants.py": "slow",
+    "test_outsiders.py": "slow",
+    "test_data_cli.py": "cli",
+}
 
 
-@dataclass
-class CliResult:
-    status: int
-    out: str
-    err: str
-
-
-def run_cli(*argv: str) -> CliResult:
-    """Run ``handgrad ARGV`` in this process, capturing stdout, stderr and the exit status."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            status = main(list(argv))
-        except SystemExit as exc:  # argparse errors
-            status = int(exc.code or 0)
-    return CliResult(status, out.getvalue(), err.getvalue())
-
-
-def assert_grads(
-    module: Module, *inputs: torch.Tensor, reference: Reference | None = None, **kwargs: float
-) -> None:
-    """The one helper: every gradient of ``module`` for ``inputs`` matches autograd and
-    finite differences in float64 (and the forward matches ``reference`` when given)."""
-    report = gradcheck(module, *inputs, reference=reference, **kwargs)
-    assert report.tensors, f"nothing was checked for {report.module}"
-    assert report.ok, str(report)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        folder = path.parent.name if path.parent != HERE else ""
+        for name in {_FOLDER_MARKS.get(folder), _FILE_MARKS.get(path.name)} - {None}:
+            item.add_marker(getattr(pytest.mark, name))
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ _PUBLIC = {
     "Metrics": ".train.callbacks",
     "NonFiniteError": ".train.callbacks",
     "NonFiniteGuard": ".train.callbacks",
-    "Progress": ".train.callbacks",
+    "Progress": ".app.progress",
     "Recorder": ".train.callbacks",
     "load_checkpoint": ".train.checkpoint",
     "save_checkpoint": ".train.checkpoint",
@@ -121,6 +121,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from handgrad.app.progress import Progress
     from handgrad.app.report import write_report
     from handgrad.check import CheckReport, gradcheck
     from handgrad.check.symbolic import Activation
@@ -166,7 +167,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         Metrics,
         NonFiniteError,
         NonFiniteGuard,
-        Progress,
         Recorder,
     )
     from handgrad.train.checkpoint import load_checkpoint, save_checkpoint

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from handgrad.interop.torch import to_torch
 from handgrad.nn.layers import Linear, ReLU
 from handgrad.nn.layers.losses import MSELoss
 from handgrad.nn.module import Sequential
@@ -35,21 +36,6 @@ def lesson_net(features: int, hidden: int, init: str, generator: torch.Generator
         ReLU(),
         Linear(hidden, 1, init=init, nonlinearity="linear", generator=generator),
     )
-
-
-def torch_twin(net: Sequential) -> nn.Sequential:
-    """The same network as ``torch.nn`` modules, weights copied (transposed to (out, in))."""
-    first, last = net.layers[0], net.layers[2]
-    twin = nn.Sequential(
-        nn.Linear(first.in_features, first.out_features),
-        nn.ReLU(),
-        nn.Linear(last.in_features, last.out_features),
-    )
-    with torch.no_grad():
-        for ours, theirs in ((first, twin[0]), (last, twin[2])):
-            theirs.weight.copy_(ours.weight.t())
-            theirs.bias.copy_(ours.bias)
-    return twin
 
 
 def _timed(fn) -> float:
@@ -81,7 +67,7 @@ def run_lesson(
     loss_randn = loss_fn.eval()(randn_net(x), y).item()
     net = lesson_net(features, hidden, "kaiming", g)
     loss_fn.train()
-    twin = torch_twin(net)
+    twin = to_torch(net)  # the same network as torch.nn modules, weights copied
     x_auto = x.clone().requires_grad_(input_grad)
 
     result = DemoResult(rows, features, hidden, 0.0, loss_randn)

@@ -39,6 +39,7 @@ from handgrad.nn.layers import (
     Tanh,
 )
 from handgrad.nn.layers.losses import CrossEntropyLoss, MSELoss
+from handgrad.nn.models import build_model
 from handgrad.nn.module import Module, Sequential
 
 Maker = Callable[[torch.Generator], Module]
@@ -148,7 +149,6 @@ def symbolic(formula: str) -> Module:
 
 
 def tiny_cnn(g: torch.Generator) -> Module:
-    from handgrad.nn.models import build_model
 
     return build_model("cnn", in_features=36, channels=(2, 3), strides=(1, 2), generator=g)
 

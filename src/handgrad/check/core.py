@@ -1,5 +1,9 @@
 """``gradcheck``: every hand-written gradient against autograd and central finite differences.
 
+(Over 400 lines on purpose: one check's steps share its state, the copies, the upstream
+gradients and the names, and read best in order; finite differences, the per-tensor verdict
+and the diagnoses are modules of their own.)
+
 For a layer and example inputs, in float64, on private copies of both:
 
 1. **the hand-written pass**, twice, each time on a fresh copy: ``out = layer(*inputs)``, then
@@ -76,8 +80,8 @@ def gradcheck(
         a :class:`CheckReport`; ``report.ok`` is true when every gradient is right and
         ``report.status`` is the exit status ``handgrad check`` gives (0, 1 or 2).
     """
-    # A check is thousands of tiny float64 operations: threads add only hand-off costs (with 2
-    # threads on a busy 2-core machine the built-in cases ran 3x slower), so use one.
+    # A check is thousands of tiny float64 operations: threads add only hand-off costs (and
+    # spin-waits on a busy machine), so use one.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

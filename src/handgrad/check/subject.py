@@ -169,8 +169,8 @@ def repeatable(seed: int, generators: list[tuple[Any, Any]]) -> Iterator[None]:
     """Run a forward with every random source at the same state each time: torch's global
     generator re-seeded, numpy's and Python's global generators seeded, and the layer's own
     generators put back to their first state. The caller's generators are restored after."""
-    # Seeding the default generator directly: torch.manual_seed also seeds every CUDA device
-    # and costs ~0.1 ms, which thousands of finite-difference forwards would pay.
+    # Seeding the default generator directly: torch.manual_seed also queues a seeding of every
+    # CUDA device, a cost thousands of finite-difference forwards would pay.
     cpu = torch.default_generator
     cpu_state, np_state, py_state = cpu.get_state(), np.random.get_state(), random.getstate()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None

@@ -287,7 +287,7 @@ def _derive(formula: str | sympy.Expr, simplify: bool) -> Derived:
 
 @functools.lru_cache(maxsize=64)
 def _derive_text(formula: str, simplify: bool) -> Derived:
-    """:func:`_derive` for formula strings, remembered (simplifying takes up to seconds)."""
+    """:func:`_derive` for formula strings, remembered (sympy's simplify is slow)."""
     return _derive(formula, simplify)
 
 

@@ -2,8 +2,8 @@
 
 MNIST-class digits are roughly centred; a network trained on a few thousand of them learns
 their exact positions. Shifting each training image by a few pixels at random, a new shift per
-image per epoch, shows it the same digit in many places, which is worth about a point of
-accuracy on ``mnist-sample``.
+image per epoch, shows it the same digit in many places, which helps a small training set
+such as ``mnist-sample`` (benchmarks/RESULTS.md, "How the recipe was chosen").
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def random_shift(
     How: pad every image by ``max_shift`` on each side; ``unfold`` then views the padded batch
     as every (H, W) window at every offset, (N, C, 2s+1, 2s+1, H, W), without copying; one
     advanced-indexing read picks each image's own window. The only copies are the padding and
-    the output: about ten times faster than gathering with per-pixel indices.
+    the output, which is why this beats gathering with per-pixel indices.
     """
     if max_shift <= 0:
         return x

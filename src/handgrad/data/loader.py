@@ -4,9 +4,12 @@ A batch is one slice (``x[i:j]``, a view) when the order is sequential. A shuffl
 gathered in one pass into a buffer the loader reuses (the compiled row copy of
 :mod:`handgrad.data.rowcopy`, else ``index_select``), and its batches are views of that (or,
 with ``gather="batch"``, one ``index_select`` per batch). PyTorch's ``DataLoader`` over a
-``TensorDataset`` instead indexes every item and stacks them again (64 ``__getitem__`` calls and
-a ``torch.stack`` per batch), which on MNIST costs more than the lesson's MLP training step.
-See ``benchmarks/bench_dataloader.py`` for the measured cost per epoch.
+``TensorDataset`` instead indexes every item and stacks them again (one ``__getitem__`` call
+per row and a ``torch.stack`` per batch). The measured costs: ``benchmarks/RESULTS.md``,
+"DataLoader".
+
+Sharding for data-parallel training lives here too (``rank=``, ``world_size=``): it is
+handgrad's only sharded epoch order, the one ``handgrad.distributed`` uses.
 """
 
 from __future__ import annotations
@@ -37,9 +40,16 @@ class DataLoader:
 
     The order of an epoch is a function of ``(seed, epoch)`` only: iterating uses the current
     epoch and then advances it by one, and ``set_epoch(e)`` selects epoch ``e`` for the next
-    iteration (resuming a run, or keeping distributed ranks in step). With ``world_size > 1``,
-    each ``rank`` gets a disjoint, equal-size contiguous shard of the epoch's order (the last
-    ``len(x) % world_size`` rows of that order are left out of the epoch).
+    iteration (resuming a run, or keeping distributed ranks in step).
+
+    Sharding (``world_size`` W > 1): every rank computes the same epoch order and keeps the
+    first ``(N // W) * W`` rows of it (the last ``N % W`` sit that epoch out), so the shards
+    are disjoint and every rank has ``N // W`` rows and the same number of batches: a rank
+    with an extra batch would wait in a collective that no other rank joins. Shuffled, rank
+    ``r`` takes positions ``r, r + W, r + 2W, ...`` of the permutation, so the ranks' ``k``-th
+    batches together are one process's ``k``-th batch of ``W * batch_size`` rows (when W
+    divides N, W processes take the same steps as one). In sequential order rank ``r`` takes
+    the ``r``-th contiguous block instead, so that its batches stay views of ``x``.
 
     Args:
         x: inputs (N, ...), e.g. float32 (N, 784) pixels.
@@ -54,30 +64,29 @@ class DataLoader:
         mean, std: normalize ``x`` to ``(x - mean) / std`` (scalars or tensors broadcasting
             against one row). Applied once to the whole split when the loader is built, so no
             batch pays for it; this keeps a normalized copy of ``x``.
-        rank, world_size: this process's shard for data-parallel training.
+        rank, world_size: this process's shard for data-parallel training (see above);
+            ``batch_size`` is then per rank.
         gather: how a shuffled epoch's rows are collected on the CPU. ``"epoch"``: in one
             pass at the start of the epoch, into a buffer the loader keeps and reuses; batches
-            are views of it. One long copy costs about two thirds of 782 short ones
-            interleaved with training steps (MNIST, batch 64;
-            ``benchmarks/bench_dataloader.py``), for up to two more copies of ``x``'s
-            memory. A buffer is only written again when nothing
-            holds a batch (or any view) of the epoch in it; otherwise the next epoch gets
-            another one, so a batch never changes under whoever keeps it. ``"batch"``: one
-            gather per batch into fresh memory. ``"auto"`` (default): ``"epoch"`` up to
-            ``EPOCH_GATHER_MAX`` bytes of ``x``, else ``"batch"``.
+            are views of it. One long copy costs less than many short ones interleaved with
+            training steps, for up to two more copies of ``x``'s memory. A buffer is only
+            written again when nothing holds a batch (or any view) of the epoch in it;
+            otherwise the next epoch gets another one, so a batch never changes under
+            whoever keeps it. ``"batch"``: one gather per batch into fresh memory.
+            ``"auto"`` (default): ``"epoch"`` up to ``EPOCH_GATHER_MAX`` bytes of ``x``,
+            else ``"batch"``.
         hugepages: when shuffling a CPU split of ``HUGEPAGE_MIN`` bytes or more, keep the
             loader's copy of ``x`` and its epoch buffers in 2 MiB pages (Linux with
             transparent huge pages; see :mod:`handgrad.data.hugepages`). Random rows then
-            stop missing the TLB one by one, which takes 15-20% off the time of an epoch's
-            gathers on MNIST. This costs one copy of ``x`` unless it is normalized (which
-            copies it anyway), so without normalization it is only done up to
-            ``EPOCH_GATHER_MAX`` bytes; ``False`` keeps ``x`` as given and the buffers in
-            ordinary pages.
+            stop missing the TLB one by one, which makes an epoch's gathers faster. This
+            costs one copy of ``x`` unless it is normalized (which copies it anyway), so
+            without normalization it is only done up to ``EPOCH_GATHER_MAX`` bytes.
+            ``False`` keeps ``x`` as given and the buffers in ordinary pages.
         compiled: gather an epoch with handgrad's compiled row copy
             (:mod:`handgrad.data.rowcopy`: x read in order, rows streamed to their places),
-            built with the system's C compiler on first use; 1.1-2.3x faster than
-            ``index_select`` on MNIST with up to 8 torch threads (with more, ``index_select``
-            is used: it scales better). The same rows bit for bit; where it cannot be built,
+            built with the system's C compiler on first use; faster than ``index_select`` up
+            to ``rowcopy.MAX_THREADS`` torch threads (with more, ``index_select`` is used: it
+            scales better). The same rows bit for bit; where it cannot be built,
             ``index_select`` is used.
 
     Batches are views of (or gathered from) the loader's tensors: do not modify them in place.
@@ -180,8 +189,7 @@ class DataLoader:
             return None
         g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
         perm = torch.randperm(len(self.x), generator=g)  # (N,) the same on every rank
-        # Every world_size-th row: the ranks' k-th batches together are exactly the k-th
-        # batch of one process with world_size times the batch size (same steps, any W).
+        # Positions rank, rank + W, ...: the ranks' k-th batches make one global batch.
         kept = perm[: self.shard_size * self.world_size]  # (shard * W,)
         return kept[self.rank :: self.world_size].to(self.x.device)  # (shard,)
 

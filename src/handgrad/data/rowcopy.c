@@ -5,8 +5,8 @@
  * every destination line is first read from memory (a write-allocate), then written back.
  * This does the same copy the other way round: it walks x in order (the hardware prefetcher
  * streams it) and sends each row to its place with non-temporal stores, which go to memory
- * without reading the line first: 1.1-2.3x faster on 1 to 8 threads on the machines
- * measured (benchmarks/bench_rowcopy.py; rowcopy.py leaves more threads to index_select).
+ * without reading the line first (figures in benchmarks/RESULTS.md; rowcopy.py leaves many
+ * threads to index_select, which scales better there).
  */
 #include <stddef.h>
 #include <stdint.h>

@@ -30,9 +30,8 @@ from handgrad._io import temporary_beside
 _SOURCE = Path(__file__).with_name("rowcopy.c")
 #: Below this many bytes of x per thread, more threads cost more to start than they save.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
-#: With more torch threads than this, ``index_select`` is used: on a 16-core Xeon (torch
-#: 2.11) the row copy was 1.1-2.3x faster on 1 to 8 threads, but 0.4-0.6x on 12 and 16
-#: (benchmarks/bench_rowcopy.py, three runs; that many threads' streaming stores contend).
+#: With more torch threads than this, ``index_select`` is used: past 8 threads the streaming
+#: stores of the row copy contend and it falls behind (benchmarks/RESULTS.md, DataLoader).
 MAX_THREADS = 8
 
 
@@ -132,8 +131,8 @@ def copy_rows(x: Tensor, idx: Tensor, out: Tensor, threads: int = 1) -> bool:
             out.data_ptr(),
         )  # fmt: skip
 
-    # Fresh threads each call (once an epoch): a pool kept for the process measured the same
-    # on a 16-core machine (benchmarks/RESULTS.md), and needs no care across a fork.
+    # Fresh threads each call (once an epoch): a pool kept for the process was no faster
+    # (benchmarks/RESULTS.md), and fresh threads need no care across a fork.
     others = [threading.Thread(target=part, args=(k,)) for k in range(1, threads)]
     for t in others:
         t.start()

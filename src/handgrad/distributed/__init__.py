@@ -1,19 +1,24 @@
-"""Data-parallel training over ``torch.distributed``: spawning ranks, sharding, gradient
-averaging. ``handgrad.distributed.run(train_fn, nproc=2)`` is the entry point."""
+"""Data-parallel training over ``torch.distributed``. ``run(train_fn, nproc=2)`` is the entry
+point; give each rank its shard with ``handgrad.data.DataLoader(rank=, world_size=)``.
 
+    context.py        DistContext: one rank's view and collectives; joining a process group
+    launch.py         run, spawn: starting the ranks, failures, exit statuses
+    data_parallel.py  DataParallel (averaged gradients) and its Learner callbacks
+"""
+
+from handgrad.distributed.context import (
+    DistContext,
+    DistributedError,
+    init_from_env,
+    launched_by_torchrun,
+    shutdown,
+)
 from handgrad.distributed.data_parallel import (
     AverageTrainMetrics,
     DataParallel,
     DataParallelCallback,
-    DistContext,
-    DistributedError,
-    ShardedLoader,
-    init_from_env,
-    launched_by_torchrun,
-    run,
-    shutdown,
-    spawn,
 )
+from handgrad.distributed.launch import run, spawn
 
 __all__ = [
     "AverageTrainMetrics",
@@ -21,7 +26,6 @@ __all__ = [
     "DataParallelCallback",
     "DistContext",
     "DistributedError",
-    "ShardedLoader",
     "init_from_env",
     "launched_by_torchrun",
     "run",

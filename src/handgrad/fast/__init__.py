@@ -1,21 +1,21 @@
 """The fast path: a training step of a Linear/ReLU network in one compiled call.
 
-At batch 64 a training step of the lesson's MLP is about twenty small kernels, and the Python
-around each of them (the :class:`~handgrad.nn.module.Module` contract, argument parsing, tensor
-wrappers) costs more than their arithmetic. :class:`FastStep` runs the whole forward pass, the
-loss and the backward pass of a supported model in one C++ function (``mlp_step.cpp``, built
-with ``torch.utils.cpp_extension`` on first use and cached), and leaves the gradients in
-``param.g`` exactly as ``model.backward`` would. Given the optimizer too, a call is the whole
-training step: plain SGD (no momentum) is then folded into the same C++ call, each weight
-updated by one GEMM (``W <- (1 - lr wd) W - lr h^T d``) without ever writing its gradient;
-any other optimizer steps in Python after the compiled forward and backward.
+At small batches a training step of the lesson's MLP is a few dozen small kernels, and the
+Python around each of them (the :class:`~handgrad.nn.module.Module` contract, argument
+parsing, tensor wrappers) costs more than their arithmetic. :class:`FastStep` runs the whole
+forward pass, the loss and the backward pass of a supported model in one C++ function
+(``mlp_step.cpp``, built with ``torch.utils.cpp_extension`` on first use and cached), and
+leaves the gradients in ``param.g`` exactly as ``model.backward`` would. Given the optimizer
+too, a call is the whole training step: plain SGD (no momentum) is then folded into the same
+C++ call, each weight updated by one GEMM (``W <- (1 - lr wd) W - lr h^T d``) without ever
+writing its gradient; any other optimizer steps in Python after the compiled forward and
+backward. (benchmarks/RESULTS.md, "the fast path", has the measurements.)
 
 The readable path stays the reference: the C++ code is the same math as
-:mod:`handgrad.nn.functional`, step for step (tests/test_fast.py checks the weights after N steps
-against it: equal to 1e-10 in float64, to rounding in float32).
-Where the extension cannot be built (no compiler, no Python headers, ``HANDGRAD_FAST=0``) or
-the model is not one it supports, :class:`FastStep` says so in one line on stderr, once, and
-runs the readable Python path instead.
+:mod:`handgrad.nn.functional`, step for step, and tests/test_fast.py checks the weights after
+several steps against it. Where the extension cannot be built (no compiler, no Python
+headers, ``HANDGRAD_FAST=0``) or the model is not one it supports, :class:`FastStep` says so
+in one line on stderr, once, and runs the readable Python path instead.
 
 Supported: a :class:`~handgrad.nn.module.Sequential` of :class:`~handgrad.nn.layers.Linear` layers,
 each optionally followed by one :class:`~handgrad.nn.layers.ReLU`, with
@@ -45,6 +45,7 @@ from torch import Tensor
 
 from handgrad._build import Build
 from handgrad.nn.layers import Linear, ReLU
+from handgrad.nn.layers.losses import CrossEntropyLoss, MSELoss
 from handgrad.nn.module import Module, Sequential
 from handgrad.optim.optimizers import SGD, Optimizer
 
@@ -63,6 +64,7 @@ def _notice(reason: str) -> None:
 
 
 def _build() -> ModuleType:
+    # deferred: cpp_extension pulls in setuptools and the compiler tool chain
     from torch.utils.cpp_extension import load
 
     # The source's hash in the name: two versions of handgrad (two checkouts, an upgrade)
@@ -80,7 +82,7 @@ _extension = Build(_SOURCE, _build)
 
 
 def load_extension() -> ModuleType | None:
-    """The compiled ``mlp_step`` module, built on first use (about a minute, then cached by
+    """The compiled ``mlp_step`` module, built on first use (slow, once: then cached by
     ``torch.utils.cpp_extension`` under ``TORCH_EXTENSIONS_DIR``); ``None`` if it cannot be."""
     return _extension.get()
 
@@ -93,7 +95,6 @@ def fast_path_status() -> tuple[bool, str]:
 def _plan(model: Module, loss_fn: Module | None) -> tuple[list[Linear], list[bool], int, str]:
     """The linear layers, the ReLU-after flags and the loss kind, or a reason (last item) why
     this model is not supported."""
-    from handgrad.nn.layers.losses import CrossEntropyLoss, MSELoss
 
     kind = -1
     if type(loss_fn) is CrossEntropyLoss:
@@ -143,8 +144,8 @@ class FastStep:
 
     When the model is not training, or has hooks (which the compiled code would skip), or its
     layers changed, the call takes the readable path instead. The input gradient's buffer is
-    kept and written again by the next call once nobody else holds it (a fresh 157 MB gradient
-    for 50,000 MNIST rows spends more time faulting in new pages than in its matrix product).
+    kept and written again by the next call once nobody else holds it: a fresh buffer of a
+    large input's size costs more in page faults than its matrix product.
 
     Attributes:
         compiled: ``True`` when the C++ path runs; ``False`` when it fell back (see ``reason``).
@@ -257,10 +258,10 @@ class FastStep:
         return out[0], out[1], out[2]
 
     def _loss_slot(self, like: Tensor) -> Tensor:
-        """A 0-dim view into a block of ``_LOSS_SLOTS`` (256) loss slots. Callers keep losses
-        (a recorder keeps every step's); one small tensor per step, allocated between the
-        step's large ones, fragmented the heap by several KB per kept loss. The slots come from
-        one allocation per 256 steps instead; a kept loss keeps its block (1 KB) alive."""
+        """A 0-dim view into a block of ``_LOSS_SLOTS`` loss slots. Callers keep losses (a
+        recorder keeps every step's), and one small tensor per step, allocated between the
+        step's large ones, fragments the heap; one allocation per block avoids that. A kept
+        loss keeps its block alive."""
         block, i = self._losses
         # (A plain int for the block's length and select() for the view: this runs every
         # step, and Tensor.__len__ and __getitem__ each cost microseconds of Python.)

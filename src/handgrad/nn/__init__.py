@@ -2,8 +2,10 @@
 backward passes, initialisation and the models. Needs torch only: no rich, matplotlib, sympy
 or safetensors (a test and an import-linter contract hold that).
 
-Where things are: the math of each op, forward and backward as pure functions, in
-:mod:`.functional`; the layers, thin stateful wrappers over it, in :mod:`.layers`.
+Where things are, bottom up: :mod:`.module` (``Module``, ``Parameter``); the math of each op,
+forward and backward as pure functions, in :mod:`.functional`; drawing initial weights in
+:mod:`.weights`; the layers, thin stateful wrappers over both, in :mod:`.layers`; above them,
+:mod:`.init` (initialising a built network) and :mod:`.models` (the recipes).
 """
 
 from handgrad.nn.init import init_model, lsuv_init

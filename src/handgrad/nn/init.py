@@ -1,12 +1,8 @@
-"""Weight initialisation: what scale the first forward pass starts from.
+"""Initialising a whole network: each weight layer drawn for the activation that follows it.
 
-The lesson drew weights from ``randn`` (std 1). Each output of a 784-input linear layer then
-sums 784 products and has a standard deviation of about ``sqrt(784 * E[x^2])``, which grows
-layer after layer: its first MSE was about 2,600. Kaiming/He init (``std = gain / sqrt(fan_in)``
-with ``gain = sqrt(2)`` for ReLU) keeps the variance of activations near 1 through ReLU layers;
-Xavier/Glorot (``gain / sqrt((fan_in + fan_out) / 2)``) does so for tanh and sigmoid.
-
-What each layer uses (the rule :func:`init_model` applies to a whole network):
+The tensor-level rules (gains, Kaiming, Xavier) are in :mod:`handgrad.nn.weights`, which the
+layers use when built one by one; this module sits above the layers and walks a built model.
+What :func:`init_model` gives each weight layer:
 
 ============================  =====================  ==========================================
 weight layer feeding ...      method                 std of the weights
@@ -22,9 +18,7 @@ nothing (a head, logits)      Kaiming, gain 1        ``1 / sqrt(fan_in)`` (LeCun
 
 Fans: ``Linear(in, out)`` has ``fan_in = in``, ``fan_out = out``; ``Conv2d`` has
 ``fan_in = C/groups * kh * kw`` and ``fan_out = O/groups * kh * kw`` (each output sees a patch).
-Biases start at zero; batch norm starts at ``gamma = 1``, ``beta = 0``. Layers take ``init=``
-and ``nonlinearity=`` arguments when built one by one; :func:`init_model` re-draws a built
-network by looking, for each weight layer, at the activation that follows it.
+Biases start at zero; batch norm starts at ``gamma = 1``, ``beta = 0``.
 
 :func:`lsuv_init` (layer-sequential unit variance, Mishkin and Matas 2016) then measures
 instead of assuming: on a real batch it rescales each layer's weights, in order, until that
@@ -33,64 +27,29 @@ layer's outputs have standard deviation 1 (and shifts biases to mean 0).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from handgrad.nn.module import Module
+from handgrad.nn.layers import Conv2d, Linear
+from handgrad.nn.module import Module
+from handgrad.nn.weights import GAINS, INITS, gain, init_weight
 
-#: Gains that keep the forward variance unchanged through each nonlinearity.
-GAINS = {"linear": 1.0, "relu": math.sqrt(2.0), "tanh": 5.0 / 3.0, "sigmoid": 1.0}
-INITS = ("kaiming", "xavier", "randn", "zeros")
-
-
-def gain(nonlinearity: str, leak: float = 0.0) -> float:
-    """Gain for ``nonlinearity``; a leaky ReLU with slope ``leak`` gets sqrt(2 / (1 + leak^2))."""
-    if nonlinearity == "leaky_relu":
-        return math.sqrt(2.0 / (1.0 + leak**2))
-    if nonlinearity not in GAINS:
-        raise ValueError(f"unknown nonlinearity {nonlinearity!r}; choose from {sorted(GAINS)}")
-    return GAINS[nonlinearity]
-
-
-def init_weight(
-    shape: tuple[int, ...],
-    fan_in: int,
-    fan_out: int,
-    method: str = "kaiming",
-    *,
-    nonlinearity: str = "relu",
-    leak: float = 0.0,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> Tensor:
-    """A weight tensor of ``shape`` drawn by ``method``:
-
-    - ``kaiming``: ``N(0, gain^2 / fan_in)``;
-    - ``xavier``: ``N(0, gain^2 * 2 / (fan_in + fan_out))``;
-    - ``randn``: ``N(0, 1)``, the lesson's choice (kept for comparison, not for training);
-    - ``zeros``.
-    """
-    if method == "zeros":
-        return torch.zeros(shape, device=device, dtype=dtype)
-    w = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    if method == "randn":
-        return w
-    if method == "kaiming":
-        std = gain(nonlinearity, leak) / math.sqrt(fan_in)
-    elif method == "xavier":
-        std = gain(nonlinearity, leak) * math.sqrt(2.0 / (fan_in + fan_out))
-    else:
-        raise ValueError(f"unknown init {method!r}; choose from {INITS}")
-    return w.mul_(std)
+# The tensor-level names are re-exported: the old path ``handgrad.init`` had them all.
+__all__ = [
+    "GAINS",
+    "INITS",
+    "gain",
+    "init_model",
+    "init_weight",
+    "lsuv_init",
+    "recommended_init",
+    "weight_layers",
+]
 
 
-# ------------------------------------------------------------------------- whole networks
 def recommended_init(activation: Module | None) -> tuple[str, str, float]:
     """``(method, nonlinearity, leak)`` for a weight layer whose output goes into ``activation``
     (``None``: straight out, e.g. the logits), per the table in the module docstring."""
@@ -105,8 +64,6 @@ def recommended_init(activation: Module | None) -> tuple[str, str, float]:
 
 
 def _fans(layer: Module) -> tuple[int, int]:
-    from handgrad.nn.layers import Conv2d, Linear
-
     if isinstance(layer, Linear):
         return layer.in_features, layer.out_features
     if isinstance(layer, Conv2d):
@@ -119,8 +76,6 @@ def _fans(layer: Module) -> tuple[int, int]:
 def weight_layers(model: Module) -> Iterator[tuple[str, Module]]:
     """Every ``Linear`` and ``Conv2d`` in ``model``, in the order of its attributes (for a
     ``Sequential``: the order of the forward pass)."""
-    from handgrad.nn.layers import Conv2d, Linear
-
     for name, m in model.named_modules():
         if isinstance(m, Linear | Conv2d):
             yield name, m
@@ -131,8 +86,6 @@ def init_model(model: Module, *, generator: torch.Generator | None = None) -> Mo
     module with ``init_nonlinearity`` after it and before the next weight layer; layers in
     between such as batch norm, pooling or dropout do not change the choice). Biases are set to
     zero. Returns ``model``."""
-    from handgrad.nn.layers import Conv2d, Linear
-
     leaves = [m for _, m in model.named_modules() if not list(m._children())]
     for i, layer in enumerate(leaves):
         if not isinstance(layer, Linear | Conv2d):

@@ -105,9 +105,9 @@ def cnn(
     width = 1
     for out, stride in zip(channels, strides, strict=True):
         # keep_cols=False: a layer lowered to im2col (the first one, on 1-channel images) does
-        # not keep its columns (9x its input) until the backward, but rebuilds them there: at
-        # batch 128 that keeps 3.6 MB less alive through the whole backward pass, for one
-        # copy that measured about 0.4 ms per step.
+        # not keep its columns (9x its input) until the backward, but rebuilds them there:
+        # less memory alive through the whole backward pass for one more copy (the trade is
+        # measured in benchmarks/results-cnnperf.md).
         layers += [
             Conv2d(width, out, kernel_size, stride=stride, padding=kernel_size // 2, bias=False,
                    method=method, keep_cols=False, generator=generator),

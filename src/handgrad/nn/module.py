@@ -1,49 +1,13 @@
-"""``Module`` and ``Parameter``: the lesson's layer API, made correct.
+"""``Module``, ``Parameter`` and ``Sequential``: the lesson's layer API, made correct.
 
-The lesson's idea is kept as it was taught: a layer is a class with ``forward(*args)`` that
-computes the output and ``bwd(out, *args)`` that reads the upstream gradient from ``out.g`` and
-writes the gradient of each input to ``arg.g`` (and of each parameter to ``param.g``)::
+A layer implements ``forward(*args)`` and ``bwd(out, *args)``, which reads ``out.g`` and sets
+``arg.g`` and ``param.g``. Each call keeps its own context for its backward, gradients flow by
+return value, parameter gradients accumulate, and misuse is an error: the design and its
+reasons are in ``docs/design.md``.
 
-    class Relu(Module):
-        def forward(self, x):
-            return x.clamp_min(0.0)
-
-        def bwd(self, out, x):
-            x.g = out.g * (x > 0)
-
-Design decisions (what changed from the lesson, and why):
-
-1. **One saved context per call, in a stack.** ``__call__`` pushes ``(args, out, saved)`` and
-   ``backward`` pops it. A module used twice in one forward pass (weight tying, ``Sequential(l,
-   relu, l)``) therefore back-propagates each call against its own inputs, in reverse order,
-   exactly as the chain rule needs. The lesson kept one ``self.args``/``self.out`` and a second
-   call silently overwrote the first.
-2. **Gradients flow by return value; ``.g`` on activations is only the lesson's notation.**
-   ``backward(dout)`` sets ``out.g = dout``, runs ``bwd``, collects each ``arg.g`` and removes
-   every ``.g`` it set before returning the input gradient(s). A tensor that feeds two layers
-   gets one gradient from each, and the caller adds them (see ``Residual`` in the tests), so
-   nothing is silently overwritten on a shared tensor, and no stale ``.g`` survives to be read
-   by mistake. If the same tensor object is passed twice to one call, the second occurrence is
-   replaced by a view so that both ``.g`` slots exist.
-3. **Parameter gradients accumulate.** ``bwd`` *assigns* ``param.g = ...`` as in the lesson; the
-   framework adds it to what the parameter already held. So a module used twice sums both
-   contributions, and gradients accumulate across backward passes until ``zero_grad()``, as in
-   PyTorch.
-4. **Misuse is an error, never a stale gradient.** ``backward`` with no forward waiting for it
-   (called twice, or before any forward) raises ``RuntimeError`` naming the module. A gradient
-   of the wrong shape is an error naming the module and the tensor.
-5. **Evaluation keeps nothing.** In ``eval()`` mode forward keeps no context (inference does
-   not leak memory); ``backward`` then explains that it needs ``train()``. In training mode, a
-   module that piles up more than ``max_pending`` unconsumed forward calls raises, which points
-   at a loop that forgot to call backward or ``eval()``.
-6. **No hidden global state.** Everything lives on the module (its stack, its hooks, its
-   training flag) or on the parameter (its ``.g``).
-
-Parameters and sub-modules are found by looking at the instance's attributes in the order
-they were assigned (a ``Parameter``, a ``Module``, or a list/tuple of modules such as the
-lesson's ``self.layers = [...]``), so a user's layer needs no registration and need not call
-``super().__init__()``. Tensors that are state but not trained (running statistics) are
-registered with ``register_buffer``.
+Why one file of this length: ``Module`` is most of it, and its call/backward bookkeeping is
+the contract every layer relies on, best read in one place; the file imports only torch, so
+``benchmarks/bench_module.py`` can load one version of it beside another to time the two.
 """
 
 from __future__ import annotations
@@ -148,8 +112,8 @@ class Module:
 
     # ------------------------------------------------------------------------- call / backward
     def __call__(self, *args: Any) -> Any:
-        # This runs once per layer per batch, so it is kept to plain dict operations: the
-        # per-call bookkeeping is measured by benchmarks/bench_module.py.
+        # This runs once per layer per batch, so it is kept to plain dict operations
+        # (benchmarks/bench_module.py times the bookkeeping).
         d = self.__dict__
         if len(args) > 1:
             args = _unalias(args)
@@ -328,9 +292,9 @@ class Module:
         yield from self._own_parameter_tuple()
 
     def _own_parameter_tuple(self) -> tuple[Parameter, ...]:
-        """This module's own parameters, found once and cached: every backward needs them, and
-        scanning ``vars(self)`` per call was a measurable share of a small layer's backward.
-        Assigning or deleting a public attribute drops the cache (``__setattr__`` below)."""
+        """This module's own parameters, found once and cached, since every backward needs them
+        (scanning ``vars(self)`` per call is slow for a small layer). Assigning or deleting a
+        public attribute drops the cache (``__setattr__`` below)."""
         own = self.__dict__.get("_own_parameter_cache")
         if own is None:
             own = tuple(p for _, p in self._named_own_parameters())
@@ -499,7 +463,7 @@ def input_names(forward: Callable[..., Any], n: int) -> list[str]:
 
 
 def _unalias(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Give a tensor passed twice a distinct view for its second slot (design note 2)."""
+    """Give a tensor passed twice a distinct view for its second slot (docs/design.md, note 2)."""
     seen: set[int] = set()
     fixed = list(args)
     for i, a in enumerate(args):

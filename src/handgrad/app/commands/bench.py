@@ -1,4 +1,4 @@
-"""``handgrad bench``: handgrad against PyTorch eager on the workloads W1-W5 (issue 6).
+"""``handgrad bench``: handgrad against PyTorch eager on the workloads W1-W5.
 
     handgrad bench                     # every workload, full size (a few minutes)
     handgrad bench --quick             # small sizes, under a minute

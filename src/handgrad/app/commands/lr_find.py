@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from handgrad.app.commands.train import add_common
-from handgrad.app.run import TrainConfig, build_run, parse_hidden, say
+from handgrad.app.config import TrainConfig, parse_hidden
+from handgrad.app.plots.training import plot_lr_find
+from handgrad.app.progress import say
+from handgrad.app.run import build_run
 from handgrad.app.ui import make_console
 from handgrad.train.callbacks import lr_find
 
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         if args.out
         else Path("runs") / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}.png"
     )
-    finder.plot(
+    plot_lr_find(
+        finder,
         out,
         title=f"learning-rate finder: {config.model} on {run_.dataset.name}, "
         f"{config.opt}, bs {config.bs}",

@@ -22,9 +22,10 @@ from typing import Any
 
 from rich.console import Console
 
-from handgrad.app.run import TrainConfig, default_out, parse_hidden, train
+from handgrad import distributed
+from handgrad.app.config import TrainConfig, parse_hidden
+from handgrad.app.fit import default_out, train
 from handgrad.app.ui import make_console
-from handgrad.distributed import data_parallel as distributed
 from handgrad.errors import HandgradError
 
 #: option dest -> TrainConfig field (the same names)

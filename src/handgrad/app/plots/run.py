@@ -22,15 +22,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from handgrad.app.plots.stats import save_stats_plots
+from handgrad.app.plots.training import plot_confusion, plot_history, plot_lr_find
+from handgrad.app.run import Run, build_run
+from handgrad.train.callbacks import lr_find
+from handgrad.train.inference import predicted_classes
 from handgrad.train.stats import ActivationStats, GradientStats, predict_logits
-
-if TYPE_CHECKING:
-    from handgrad.app.run import Run
 
 #: About this many records per layer over a run: enough for smooth curves, little overhead.
 RECORDS = 200
@@ -43,6 +43,18 @@ def stats_callbacks(total_steps: int) -> tuple[ActivationStats, GradientStats]:
     return ActivationStats(every=every), GradientStats(every=every)
 
 
+def plot_run_history(run: Run, path: str | os.PathLike[str]) -> Path:
+    """The run's ``history.png``, titled with its model, data and recipe."""
+    c = run.config
+    title = f"{c.model} on {run.dataset.name}: {c.opt} lr {c.lr:g} {c.schedule}, bs {c.bs}"
+    if c.label_smoothing:
+        title += (
+            f"\n(training loss with label smoothing {c.label_smoothing:g}; validation loss "
+            "without it)"
+        )
+    return plot_history(run.learn.recorder, path, title=title)
+
+
 def write_run_plots(
     run: Run,
     out_dir: str | os.PathLike[str],
@@ -52,21 +64,11 @@ def write_run_plots(
 ) -> list[Path]:
     """Write every plot of the finished ``run`` into ``out_dir`` (see the module doc) and
     return their paths."""
-    from handgrad.app.plots.training import plot_confusion
-    from handgrad.app.run import build_run
-    from handgrad.train.callbacks import lr_find
-    from handgrad.train.inference import predicted_classes
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     learn, ds, config = run.learn, run.dataset, run.config
     name = f"{config.model} on {ds.name}"
-    written = [
-        learn.recorder.plot(
-            out / "history.png",
-            title=f"{name}: {config.opt} lr {config.lr:g} {config.schedule}, bs {config.bs}",
-        )
-    ]
+    written = [plot_run_history(run, out / "history.png")]
 
     if lr_finder:
         # A fresh model of the same config, so the trained one is untouched; the global RNG
@@ -75,7 +77,8 @@ def write_run_plots(
             fresh = build_run(dataclasses.replace(config, lr=1e-6), dataset=ds, for_training=False)
             finder = lr_find(fresh.learn, num_steps=LR_FINDER_STEPS)
         written.append(
-            finder.plot(
+            plot_lr_find(
+                finder,
                 out / "lr_finder.png",
                 title=f"learning-rate finder: {name}, {config.opt}, bs {config.bs}",
             )

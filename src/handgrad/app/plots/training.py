@@ -1,15 +1,22 @@
-"""Plots of a training run: loss and metric curves, the LR-finder curve, a confusion matrix."""
+"""Plots of a training run: loss and metric curves, the LR-finder curve, a confusion matrix.
+
+The training layer records (``Recorder``, ``LRFinder``); these functions draw what it recorded.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from handgrad.app.plots.base import new_figure, save_png
+
+if TYPE_CHECKING:
+    from handgrad.train.callbacks import LRFinder, Recorder
 
 PathLike = str | os.PathLike[str]
 
@@ -23,16 +30,11 @@ def _smooth(values: Sequence[float], beta: float = 0.9) -> list[float]:
     return out
 
 
-def plot_history(
-    history: Sequence[Mapping[str, float]],
-    step_loss: Sequence[float],
-    step_lr: Sequence[float],
-    path: PathLike,
-    *,
-    title: str = "training",
-) -> Path:
+def plot_history(recorder: Recorder, path: PathLike, *, title: str = "training") -> Path:
     """Three panels against the training step: the loss (every step, smoothed, and each epoch's
-    train and validation mean), the validation metrics per epoch, and the learning rate."""
+    train and validation mean), the validation metrics per epoch, and the learning rate, as
+    ``recorder`` recorded them."""
+    history, step_loss, step_lr = recorder.history, recorder.step_loss, recorder.step_lr
     fig, (ax_loss, ax_metric, ax_lr) = new_figure(
         8.0, 9.0, nrows=3, sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.4]}
     )
@@ -115,15 +117,11 @@ def plot_history(
     return save_png(fig, path)
 
 
-def plot_lr_find(
-    lrs: Sequence[float],
-    losses: Sequence[float],
-    smoothed: Sequence[float],
-    suggestion: float | None,
-    path: PathLike,
-    title: str = "learning-rate finder",
-) -> Path:
-    """Loss against learning rate (log scale), raw and smoothed, the suggestion marked."""
+def plot_lr_find(finder: LRFinder, path: PathLike, *, title: str = "learning-rate finder") -> Path:
+    """The range test's loss against learning rate (log scale), raw and smoothed, the suggested
+    rate marked."""
+    lrs, losses, smoothed = finder.lrs, finder.losses, finder.smoothed
+    suggestion = finder.suggestion
     fig, ax = new_figure()
     n = len(smoothed)
     finite = [(lr, v) for lr, v in zip(lrs[:n], losses[:n], strict=True) if math.isfinite(v)]

@@ -7,7 +7,9 @@ keeps state, touches ``.g`` attributes or uses autograd: layers in :mod:`handgra
 thin wrappers that store the cache between the two calls.
 
 Conventions: ``N`` is the batch size; gradients are named ``d<name>``; a backward never
-modifies ``dout`` in place (the caller may still hold it).
+modifies ``dout`` in place (the caller may still hold it). Where a faster version of an op is
+what the layers run (``fused_batchnorm_*``), the readable one stays beside it and a test holds
+the two equal.
 """
 
 from handgrad.nn.functional.activations import (
@@ -51,6 +53,8 @@ from handgrad.nn.functional.norm import (
     batchnorm_forward,
     batchnorm_relu_backward,
     batchnorm_relu_forward,
+    fused_batchnorm_backward,
+    fused_batchnorm_forward,
     layernorm_backward,
     layernorm_forward,
 )
@@ -78,6 +82,8 @@ __all__ = [
     "cross_entropy_forward",
     "dropout_backward",
     "dropout_forward",
+    "fused_batchnorm_backward",
+    "fused_batchnorm_forward",
     "gelu_backward",
     "gelu_forward",
     "general_relu_backward",

@@ -1,8 +1,8 @@
 """Element-wise activations: each forward returns ``(y, cache)``, each backward ``dx``.
 
-The cache is the cheapest thing the derivative can be computed from: a bool mask for ReLU and
-leaky ReLU (1 byte per element), the output itself when the derivative is a function of it
-(sigmoid, tanh, softmax: no extra memory, the layer already holds its output), else the input
+The cache is the cheapest thing the derivative can be computed from: the output itself when
+the derivative is a function of it (ReLU, sigmoid, tanh, softmax: no extra memory, the layer
+already holds its output), a bool mask for leaky ReLU (1 byte per element), else the input
 (which the layer holds too).
 """
 
@@ -27,7 +27,7 @@ def relu_backward(dout: Tensor, out: Tensor) -> Tensor:
 
     That is ``dout * (y > 0)``, computed by ATen's ``threshold_backward`` (the kernel behind
     PyTorch's own ReLU backward) in one pass: the product with a bool mask would first build
-    the mask, then a float copy of it, and measured 3x to 8x slower (benchmarks/bench_kernels.py).
+    the mask, then a float copy of it (several times slower: benchmarks/RESULTS.md).
     """
     return torch.ops.aten.threshold_backward(dout, out, 0.0)
 

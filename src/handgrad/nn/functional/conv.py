@@ -91,8 +91,7 @@ def im2col(x: Tensor, geometry: ConvGeometry) -> Tensor:
     Row ``(c, i, j)`` of column ``a*Wo + b`` is ``xpad[n, c, a*s + i*d, b*s + j*d]``, the same
     order as ``weight.view(O, -1)``. The patches are first a zero-copy ``as_strided`` view of
     the padded input (N, C, kh, kw, Ho, Wo); the one copy is the final ``reshape``. (On the
-    CPU this measured 1.3x to 4x faster than ``torch.nn.functional.unfold`` at the cnn recipe's
-    shapes, and about equal at the smallest.)
+    CPU that is faster than ``torch.nn.functional.unfold``: benchmarks/RESULTS.md.)
     """
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
@@ -164,8 +163,8 @@ def _batched_weight(weight: Tensor, n: int, g: int) -> Tensor:
     """``W`` as (N*G, O/G, Kg), one (O/G, Kg) matrix per image and group, for ``bmm``.
 
     With one group this is a zero-stride ``expand`` (no copy). (``torch.matmul`` of a 2-d by
-    a 3-d tensor does the same product, but took milliseconds instead of microseconds for
-    small matrices on the CPU: it goes through a general broadcasting path.)
+    a 3-d tensor does the same product, but through a general broadcasting path that is far
+    slower for small matrices on the CPU.)
     """
     o = weight.shape[0]
     w = weight.reshape(1, g, o // g, -1)  # (1, G, O/G, Kg)

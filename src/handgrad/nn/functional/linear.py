@@ -33,8 +33,8 @@ def linear_backward(
     data that needs no gradient (the first layer): it is the largest product of the backward.
     """
     dx = dout @ weight.t() if need_dx else None  # (N, out) @ (out, in) -> (N, in)
-    # For tall x, MKL computes the (out, in)-shaped product about 15% faster than the
-    # (in, out)-shaped one (benchmarks/RESULTS.md); copying it into our layout is cheap.
+    # For tall x, MKL computes the (out, in)-shaped product faster than the (in, out)-shaped
+    # one (benchmarks/RESULTS.md); copying it into our layout is cheap.
     tall = x.shape[0] >= TALL
     dweight = (
         (dout.t() @ x).t().contiguous()  # ((out, N) @ (N, in))^T -> (in, out)

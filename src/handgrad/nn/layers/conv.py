@@ -7,8 +7,8 @@ from torch import Tensor
 
 from handgrad.nn import functional as F
 from handgrad.nn.functional.conv import METHODS, ConvGeometry, Method
-from handgrad.nn.init import init_weight
 from handgrad.nn.module import Module, Parameter
+from handgrad.nn.weights import init_weight
 
 
 def pair(value: int | tuple[int, int], name: str, *, minimum: int) -> tuple[int, int]:
@@ -39,8 +39,9 @@ class Conv2d(Module):
             values, where it is measured faster, else ``direct``), ``"im2col"`` or ``"direct"``.
         keep_cols: ``im2col`` only: keep the columns from forward to backward (default, faster)
             or rebuild them in backward (``kh*kw`` times less memory per layer).
-        init, nonlinearity, generator: weight initialisation (:func:`handgrad.nn.init.init_weight`),
-            with ``fan_in = C/G * kh * kw``; Kaiming for a ReLU-family activation (default).
+        init, nonlinearity, generator: weight initialisation
+            (:func:`handgrad.nn.weights.init_weight`), with ``fan_in = C/G * kh * kw``; Kaiming
+            for a ReLU-family activation (default).
 
     Shape:
         input (N, C, H, W) -> output (N, O, Ho, Wo), ``Ho = floor((H + 2p - d (kh - 1) - 1) / s)

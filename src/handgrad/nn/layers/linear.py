@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from handgrad.nn import functional as F
-from handgrad.nn.init import init_weight
 from handgrad.nn.module import Module, Parameter
+from handgrad.nn.weights import init_weight
 
 
 class Linear(Module):

@@ -24,6 +24,10 @@ class _BatchNorm(Module):
 
         dx = (1/M) * inv_std * (M * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))
 
+    The layer runs the fused pair ``fused_batchnorm_forward``/``fused_batchnorm_backward``
+    (the same numbers in fewer passes over memory); ``batchnorm_forward``/
+    ``batchnorm_backward`` beside them are the formula as written.
+
     Args:
         num_features: ``C``, the number of channels.
         eps: added to the variance (default 1e-5).
@@ -76,7 +80,7 @@ class _BatchNorm(Module):
                 f"{self._label()}: expected input {self.shape_text.format(C=self.num_features)}, "
                 f"got {tuple(x.shape)}"
             )
-        forward = F.batchnorm_relu_forward if self.relu else F.batchnorm_forward
+        forward = F.batchnorm_relu_forward if self.relu else F.fused_batchnorm_forward
         if not (self.training or not self.track_running_stats):  # evaluation: running stats
             out, _ = forward(
                 x, self.weight, self.bias, self.running_mean, self.running_var,
@@ -110,7 +114,7 @@ class _BatchNorm(Module):
                 out.g, out, cache, affine=self.affine, need_dx=need_dx
             )
         else:
-            dx, dgamma, dbeta = F.batchnorm_backward(
+            dx, dgamma, dbeta = F.fused_batchnorm_backward(
                 out.g, cache, affine=self.affine, need_dx=need_dx
             )
         if self.affine:

@@ -1,0 +1,152 @@
+"""``TrainConfig``: what defines a training run, filled from the model's recipe, checked, and
+merged with a checkpoint's saved config when a run is resumed."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from handgrad.errors import HandgradError
+from handgrad.nn.models import MODELS
+from handgrad.optim.optimizers import OPTIMIZERS
+from handgrad.train.checkpoint import Checkpoint, load_checkpoint
+from handgrad.train.recipes import recipe_for
+
+#: Options that may change when a run is resumed; every other one comes from the checkpoint.
+RESUMABLE = (
+    "epochs",
+    "out",
+    "quiet",
+    "device",
+    "stop_after",
+    "data",
+    "patience",
+    "plots",
+    "threads",
+    "fast",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. ``None`` means "the model's recipe decides"."""
+
+    data: str = "mnist-sample"
+    model: str = "mlp"
+    hidden: tuple[int, ...] | None = None
+    dropout: float | None = None
+    epochs: int | None = None
+    bs: int | None = None
+    lr: float | None = None
+    opt: str | None = None
+    schedule: str | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    shift: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    patience: int | None = None
+    out: str | None = None
+    quiet: bool = False
+    stop_after: int | None = None
+    resume: str | None = None
+    plots: str | None = None  # folder for every plot (handgrad.app.plots.run)
+    threads: str = "auto"
+    fast: bool = False  # FastLearner: the same run, its steps through the compiled fast path
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` recipe field filled from the model's recipe."""
+        recipe = recipe_for(self.model)
+        filled = {
+            f.name: getattr(recipe, f.name)
+            for f in dataclasses.fields(recipe)
+            if hasattr(self, f.name) and getattr(self, f.name) is None
+        }
+        return dataclasses.replace(self, **filled)
+
+    def recipe_dict(self) -> dict[str, Any]:
+        """The fields that define the computation (saved in checkpoints and metrics.json)."""
+        skip = {"out", "quiet", "stop_after", "resume", "plots", "threads", "fast"}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if d["hidden"] is not None:
+            d["hidden"] = list(d["hidden"])
+        return d
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """``"256,128"`` -> ``(256, 128)``."""
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise HandgradError(f"--hidden {text!r}: expected positive widths like 256,128")
+    return sizes
+
+
+def check_config(c: TrainConfig) -> None:
+    """Raise :class:`HandgradError` naming the option of a resolved config that is out of range."""
+    checks = [
+        (c.epochs is not None and c.epochs >= 1, f"--epochs {c.epochs}: must be >= 1"),
+        (c.bs is not None and c.bs >= 1, f"--bs {c.bs}: must be >= 1"),
+        (c.lr is not None and c.lr > 0 and math.isfinite(c.lr), f"--lr {c.lr}: must be > 0"),
+        (c.opt in OPTIMIZERS, f"--opt {c.opt!r}: choose one of {', '.join(OPTIMIZERS)}"),
+        (c.shift is not None and 0 <= c.shift <= 8, f"--shift {c.shift}: must be in 0..8"),
+        (c.weight_decay is not None and c.weight_decay >= 0, "--weight-decay must be >= 0"),
+        (
+            c.label_smoothing is not None and 0 <= c.label_smoothing < 1,
+            "--label-smoothing must be in [0, 1)",
+        ),
+        (c.patience is None or c.patience >= 1, f"--patience {c.patience}: must be >= 1"),
+        (c.dropout is None or 0 <= c.dropout < 1, f"--dropout {c.dropout}: must be in [0, 1)"),
+        (c.stop_after is None or c.stop_after >= 1, "--stop-after must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise HandgradError(message)
+
+
+def model_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """The model builder's keyword arguments from the config (``hidden`` when it takes it)."""
+    if config.model not in MODELS:
+        raise HandgradError(f"--model {config.model!r}: unknown; choose one of {', '.join(MODELS)}")
+    kwargs: dict[str, Any] = {}
+    accepted = inspect.signature(MODELS[config.model]).parameters
+    if config.hidden is not None:
+        if "hidden" not in accepted:
+            raise HandgradError(f"--hidden: model {config.model!r} has no hidden widths to set")
+        kwargs["hidden"] = list(config.hidden)
+    if config.dropout is not None:
+        if "dropout" not in accepted:
+            raise HandgradError(f"--dropout: model {config.model!r} has no dropout to set")
+        kwargs["dropout"] = config.dropout
+    return kwargs
+
+
+def config_for_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, Checkpoint]:
+    """The saved run's config, with the options in ``given`` that may change applied."""
+    ckpt = load_checkpoint(str(config.resume))
+    saved = ckpt.info.get("config")
+    if not isinstance(saved, dict):
+        raise HandgradError(f"{ckpt.path}: no training config in the sidecar; cannot resume")
+    fixed = sorted(given - set(RESUMABLE) - {"resume"})
+    if fixed:
+        opts = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise HandgradError(
+            f"{opts}: cannot change when resuming (the run continues with its saved settings); "
+            f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may be given"
+        )
+    saved = dict(saved)
+    if saved.get("hidden") is not None:
+        saved["hidden"] = tuple(saved["hidden"])
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    for k in given & set(RESUMABLE):
+        setattr(merged, k, getattr(config, k))
+    merged.resume = config.resume
+    if "out" not in given:
+        merged.out = str(ckpt.path.parent)
+    return merged, ckpt

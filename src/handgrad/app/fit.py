@@ -1,0 +1,211 @@
+"""``handgrad train`` from a config to a run folder: resume, fit, write the outputs, report.
+
+:func:`train` builds the run (:func:`handgrad.app.run.build_run`), fits it and writes into
+its output folder::
+
+    best.safetensors + best.json    the epoch with the best validation accuracy
+    last.safetensors + last.json    the latest epoch, with everything needed to --resume
+    history.png                     loss, accuracy and learning rate against the step
+    metrics.json                    the final metrics, the best epoch, the config
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from rich.console import Console
+
+from handgrad._io import write_json
+from handgrad._version import __version__
+from handgrad.app.config import TrainConfig, config_for_resume
+from handgrad.app.plots.run import plot_run_history, stats_callbacks, write_run_plots
+from handgrad.app.progress import format_metrics, say
+from handgrad.app.run import Run, build_run
+from handgrad.data import Dataset
+from handgrad.errors import HandgradError
+from handgrad.nn.module import Module
+from handgrad.train.checkpoint import restore_learner
+from handgrad.train.learner import Callback, CancelFitException, Learner
+
+if TYPE_CHECKING:
+    from handgrad.distributed import DistContext
+
+
+class StopAfter(Callback):
+    """End this invocation after ``epochs`` epochs (the checkpoint lets ``--resume`` go on)."""
+
+    order = 60
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.stopped = False
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.last_pass and learn.epoch + 1 == self.epochs and learn.epoch + 1 < learn.n_epochs:
+            self.stopped = True
+            raise CancelFitException()
+
+
+def default_out(model: str) -> Path:
+    """``runs/<date>-<time>-<model>``, with a number appended if that folder exists."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path("runs") / f"{stamp}-{model}"
+    i = 2
+    while out.exists():
+        out = Path("runs") / f"{stamp}-{model}-{i}"
+        i += 1
+    return out
+
+
+def train(
+    config: TrainConfig,
+    console: Console,
+    *,
+    given: set[str] = frozenset(),  # type: ignore[assignment]
+    dataset: Dataset | None = None,
+    ctx: DistContext | None = None,
+) -> dict[str, Any]:
+    """Run ``handgrad train``; returns the final metrics (also written to metrics.json).
+
+    With ``ctx``, this is one rank of a data-parallel run (see :func:`build_run`): only rank 0
+    prints, writes checkpoints, the plot and metrics.json (``config.out`` must then be set, so
+    that every rank agrees on it); the others return ``{}``.
+    """
+    main = ctx is None or ctx.is_main
+    ckpt = None
+    if config.resume:
+        config, ckpt = config_for_resume(config, set(given))
+    config = config.resolved()
+    out = Path(config.out) if config.out else default_out(config.model)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    stop = StopAfter(config.stop_after) if config.stop_after else None
+    run = build_run(
+        config,
+        dataset=dataset,
+        console=console if main else None,
+        out=out if main else None,
+        callbacks=[stop] if stop else [],
+        ctx=ctx,
+    )
+    learn = run.learn
+    stats = None
+    if config.plots and main:  # per-layer statistics for the plots (they only read)
+        stats = stats_callbacks(config.epochs * len(learn.train_dl))  # type: ignore[arg-type]
+        learn.add_callbacks(*stats)
+    start_epoch, start_step = 0, 0
+    if ckpt is not None:
+        if ckpt.info.get("data", {}).get("n_features") != run.info["data"]["n_features"]:
+            raise HandgradError(
+                f"{ckpt.path}: trained on {ckpt.info['data']['n_features']} inputs per image, "
+                f"but {config.data} has {run.info['data']['n_features']}; resume on the same data"
+            )
+        start_epoch, start_step = restore_learner(learn, ckpt)
+        if start_epoch >= config.epochs:
+            raise HandgradError(
+                f"{ckpt.path}: the run already has {start_epoch} epochs; give --epochs N with "
+                f"N > {start_epoch} to train further"
+            )
+    if main:
+        _print_header(console, run, start_epoch)
+    started = time.perf_counter()
+    try:
+        learn.fit(config.epochs, start_epoch=start_epoch, start_step=start_step)
+    except KeyboardInterrupt:
+        last = out / "last.safetensors"
+        if last.exists():
+            say(console, f"interrupted; continue with: handgrad train --resume {last}")
+        raise
+    seconds = time.perf_counter() - started
+    if not main:
+        return {}
+    history = learn.recorder.history
+    if not history:
+        raise HandgradError("no epoch completed; nothing to report")
+    plot_run_history(run, out / "history.png")
+    final = {k: v for k, v in history[-1].items() if k not in ("lr", "seconds")}
+    checkpointer = learn.checkpointer
+    result = {
+        **final,
+        "train_seconds": round(seconds, 3),
+        "best": {"epoch": checkpointer.best_epoch, "valid_accuracy": checkpointer.best},
+        "stopped_early": getattr(learn, "stop_reason", None),
+        "data": run.info["data"]
+        | {"train": len(run.dataset.train), "valid": len(run.dataset.valid)},
+        "model": run.info["model"],
+        "config": config.recipe_dict(),
+        "processes": ctx.world_size if ctx else 1,
+        "threads": torch.get_num_threads(),
+        "versions": {"handgrad": __version__, "torch": torch.__version__},
+    }
+    if config.plots:
+        written = write_run_plots(run, config.plots, stats)
+        result["plots"] = str(Path(config.plots).resolve())
+        say(console, f"{len(written)} plots in {config.plots}; one page: handgrad report {out}")
+    write_json(out / "metrics.json", result)
+    if getattr(learn, "stop_reason", None):
+        say(console, learn.stop_reason)
+    if stop is not None and stop.stopped:
+        say(
+            console,
+            f"stopped after epoch {final['epoch']} of {config.epochs} (--stop-after); continue "
+            f"with: handgrad train --resume {out / 'last.safetensors'}",
+        )
+    say(
+        console,
+        f"trained {len(history) - min(start_epoch, len(history))} epoch(s) in "
+        f"{seconds:.1f} s; best valid_accuracy {checkpointer.best:.4f} at epoch "
+        f"{checkpointer.best_epoch}: {checkpointer.best_path}; plot {out / 'history.png'}; "
+        f"metrics {out / 'metrics.json'}",
+    )
+    say(console, format_metrics({k: v for k, v in final.items() if k.startswith("valid_")}, " "))
+    return result
+
+
+def describe_model(model: Module, n_features: int) -> str:
+    """``784-512-256-10, 535,818 parameters``: the layer widths and the parameter count."""
+    n_params = sum(p.numel() for p in model.parameters())
+    widths = [n_features]
+    for m in model.modules():
+        out_features = getattr(m, "out_features", None)
+        if isinstance(out_features, int):
+            widths.append(out_features)
+    return f"{'-'.join(map(str, widths))}, {n_params:,} parameters"
+
+
+def _print_header(console: Console, run: Run, start_epoch: int) -> None:
+    c, ds = run.config, run.dataset
+    shape = "x".join(map(str, ds.image_shape))
+    steps = len(run.learn.train_dl)  # type: ignore[arg-type]
+    extras = []
+    if c.shift:
+        extras.append(f"random shifts ±{c.shift} px")
+    if c.label_smoothing:
+        extras.append(f"label smoothing {c.label_smoothing:g}")
+    if c.weight_decay:
+        extras.append(f"weight decay {c.weight_decay:g}")
+    resumed = f", resuming at epoch {start_epoch + 1}" if start_epoch else ""
+    say(
+        console,
+        f"data {ds.name}: {len(ds.train):,} train / {len(ds.valid):,} valid images {shape}, "
+        f"{len(ds.classes)} classes",
+    )
+    say(
+        console,
+        f"model {c.model} ({describe_model(run.learn.model, run.info['data']['n_features'])}); "
+        f"loss {run.loss_name}; {c.opt} lr {c.lr:g}, {c.schedule} schedule; {c.epochs} epochs "
+        f"x {steps} steps of {c.bs}{'; ' + ', '.join(extras) if extras else ''}; seed {c.seed}; "
+        f"device {run.learn.device}{_processes(run)}, {torch.get_num_threads()} thread(s); "
+        f"out {run.out}{resumed}",
+    )
+
+
+def _processes(run: Run) -> str:
+    dp = getattr(run.learn, "data_parallel", None)
+    if dp is None or not dp.ctx.distributed:
+        return ""
+    per_rank = run.learn.train_dl.batch_size  # type: ignore[union-attr]
+    return f" x {dp.ctx.world_size} processes ({dp.ctx.backend}, {per_rank} rows each)"
