@@ -2,8 +2,8 @@
 a rename, so a reader, or a run killed at any moment, never sees half a file.
 
 ``atomic_file`` is the one implementation; ``write_bytes``, ``write_text`` and ``write_json``
-are its common uses, and ``temporary_beside`` serves writers that are other programs (a
-compiler) or that commit several files at once (a checkpoint).
+are its common uses, and ``temporary_beside`` (with ``give_user_mode``) serves writers that are
+other programs (a compiler) or that commit several files at once (a checkpoint).
 """
 
 from __future__ import annotations
@@ -47,11 +47,16 @@ def atomic_file(
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
-        # mkstemp makes 0600 files; ours are as readable as any the user writes.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        give_user_mode(tmp)
         os.replace(tmp, target)
+
+
+def give_user_mode(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` the permissions of any file the user creates (0666 less the umask):
+    ``mkstemp`` makes 0600 files, and handgrad's outputs are as readable as the user's own."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, *, suffix: str = ".tmp") -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -25,6 +26,9 @@ def test_quick_bench_prints_table_and_json(tmp_path) -> None:
     for col in ("workload", "variant", "median", "vs torch", "GFLOP/s", "of peak", "peak mem"):
         assert col in res.out
     assert "W1 full batch" in res.out and "W2 epoch 784-50-10" in res.out and "rows/s" in res.out
+    # the speed-ups, and no target audit unless asked (--targets)
+    assert re.search(r"^W2 epoch 784-50-10 .*: speed-up \d+\.\d\dx over torch eager", res.out, re.M)
+    assert "target" not in res.out
     report = json.loads(out.read_text())
     assert report["machine"]["gemm_peak_gflops"] > 0
     assert report["machine"]["device"] == "cpu" and report["machine"]["gpu"] is None
@@ -53,8 +57,9 @@ def test_guard_refuses_a_wrong_gradient(monkeypatch) -> None:
         x.g = 2 * out.g * (x > 0)
 
     monkeypatch.setattr(ReLU, "bwd", wrong_bwd)
-    res = run_cli("bench", "--quick", *TINY, "--only", "W2", "--json", "-")
+    res = run_cli("bench", "--quick", *TINY, "--only", "W2", "--json", "-", "--targets")
     assert res.status == 1
+    assert "target " in res.err  # --targets prints the audit
     report = json.loads(res.out[res.out.index("{") :])
     (w2,) = report["workloads"]
     hg = next(r for r in w2["results"] if r["label"] == "handgrad")
@@ -89,6 +94,8 @@ def test_bad_options_are_one_line_errors() -> None:
     assert res.status == 2 and "unknown ['W9']" in res.err
     res = run_cli("bench", "--rows", "0")
     assert res.status == 2 and "--rows 0" in res.err
+    res = run_cli("bench", "--json", "/proc/bench.json")  # refused before any timing
+    assert res.status == 2 and "--json /proc/bench.json: cannot write" in res.err
 
 
 def test_updated_parameters_may_differ_only_in_a_few_elements() -> None:

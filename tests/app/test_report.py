@@ -124,3 +124,21 @@ def test_report_errors_are_one_line_and_leave_nothing(tmp_path) -> None:
     corrupt = run_cli("report", str(tmp_path))
     assert corrupt.status == 2 and "metrics.json: not valid JSON" in corrupt.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_report_counts_only_the_runs_own_plots(tmp_path) -> None:
+    (tmp_path / "metrics.json").write_text(json.dumps(HISTORY[:1]))
+    for name in ("history.png", "confusion-tiny-valid.png", "holiday.png"):  # evaluate's, mine
+        (tmp_path / name).write_bytes(b"\x89PNG " + name.encode())
+    r = run_cli("report", str(tmp_path))
+    assert r.status == 0, r.err
+    assert "1 plot, 1 epoch of metrics" in r.out
+    page = (tmp_path / "report.html").read_text()
+    assert 'alt="history"' in page and "confusion-tiny" not in page and "holiday" not in page
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path) -> None:
+    (tmp_path / "history.png").write_bytes(b"\x89PNG")
+    r = run_cli("report", str(tmp_path))
+    assert r.status == 2 and "not a training run" in r.err and r.err.count("\n") == 1
+    assert not (tmp_path / "report.html").exists()

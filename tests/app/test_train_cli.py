@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,9 @@ def test_train_writes_checkpoints_plot_and_metrics(trained) -> None:
         assert (out / name).is_file(), name
     assert len(epoch_lines(result.out)) == 4
     assert result.err == ""
+    # the recipe's label smoothing is in train_loss only: the header says so
+    assert "label smoothing 0.1 (in train_loss; valid_loss is without it)" in result.out
+    assert "4 epochs x 8 steps of 32" in result.out
 
 
 def test_same_seed_gives_identical_runs(tiny: Path, trained, tmp_path: Path) -> None:
@@ -140,8 +144,24 @@ def test_stop_and_resume_equals_straight_run_bitwise(tiny: Path, trained, tmp_pa
 
 def test_resume_refuses_changed_settings(trained) -> None:
     out, _ = trained
-    r = run_cli("train", "--resume", str(out / "last.safetensors"), "--lr", "0.5", "--epochs", "6")
-    assert r.status == 2 and "--lr: cannot change when resuming" in r.err
+    r = run_cli("train", "--resume", str(out / "last.safetensors"), "--bs", "64", "--epochs", "6")
+    assert r.status == 2 and "--bs: cannot change when resuming" in r.err
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [{"hidden": "eight"}, {"hidden": [-8]}, {"lr": "fast"}, {"epochs": True}, {"model": "nope"}],
+    ids=["string-hidden", "negative-hidden", "string-lr", "bool-epochs", "unknown-model"],
+)
+def test_resume_from_an_edited_sidecar_is_one_line(trained, tmp_path: Path, edit) -> None:
+    out, _ = trained
+    shutil.copy(out / "last.safetensors", tmp_path / "last.safetensors")
+    info = json.loads((out / "last.json").read_text())
+    info["config"].update(edit)
+    (tmp_path / "last.json").write_text(json.dumps(info))
+    r = run_cli("train", "--resume", str(tmp_path / "last.safetensors"), "--epochs", "6")
+    assert r.status == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert f"{tmp_path / 'last.json'}: the saved training config is not valid" in r.err
 
 
 def test_evaluate_matches_training_metrics_and_saves_confusion(trained, tiny: Path) -> None:
@@ -209,6 +229,13 @@ def test_lr_find_writes_a_plot(tiny: Path, tmp_path: Path) -> None:
     )
     assert r.status == 0, r.err
     assert png.is_file() and re.search(r"suggested lr \d\.\d\de-\d\d", r.out)
+    # the command to train at that rate, with the options given here
+    line = r.out.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"handgrad train --data {re.escape(str(tiny))} --hidden 16 --bs 32 --threads 1 "
+        r"--lr \d\.\de-\d\d",
+        line,
+    ), line
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -254,7 +254,7 @@ def corrupt(case: str, d: Path, a: dict[str, np.ndarray]) -> Path:
         return labels
     if case == "labels out of range":
         write_idx(labels, np.full(N_TRAIN, 10, dtype=np.uint8))
-        return images
+        return labels  # the labels file is the one at fault, not the images
     if case == "missing pair":
         labels.unlink()
         return d

@@ -7,6 +7,7 @@ timeouts so that a broken failure path fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -21,9 +22,9 @@ from safetensors.torch import load_file
 from handgrad.distributed import launch
 from handgrad.distributed.context import DistContext, DistributedError, init_from_env
 from handgrad.distributed.data_parallel import DataParallel, _buckets
+from handgrad.distributed.inherit import Lifeline, parent_stdio
 from handgrad.distributed.launch import (
     EXIT_PEER_LOST,
-    _parent_stdio,
     _start_method,
     free_port,
     run,
@@ -75,6 +76,32 @@ def test_init_from_env_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) ->
         match=r"lacks WORLD_SIZE, MASTER_ADDR, MASTER_PORT.*torchrun",
     ):
         init_from_env("cpu")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_lifeline_ends_a_forked_child_when_the_launcher_lets_go() -> None:
+    """A forked child holds the pipe's write end too (fork copies every descriptor): ``hold``
+    must close it, or the child would keep its own lifeline alive and never see its end."""
+    lifeline = Lifeline()
+    pid = os.fork()
+    if pid == 0:  # the child: a rank that would run for a minute
+        try:
+            Lifeline.hold(lifeline.child_end, lifeline.write_fd, on_loss=7)
+            time.sleep(60)
+        finally:
+            os._exit(1)
+    try:
+        time.sleep(0.2)
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # alive while the launcher holds on
+        lifeline.close()  # what the launcher's death does
+        deadline = time.monotonic() + 5
+        while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ended[0] == pid and os.waitstatus_to_exitcode(ended[1]) == 7
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 # ------------------------------------------------------------------ real processes (gloo)
@@ -164,7 +191,7 @@ def test_a_failing_rank_stops_the_job(how: str, timeout: int, cause: str) -> Non
 def launch_like_torchrun(local_ranks: list[int], fn, *args) -> list:
     """Start one process per entry (its LOCAL_RANK) as torchrun would; return them started."""
     context = multiprocessing.get_context(_start_method())
-    port, stdio = free_port(), _parent_stdio()
+    port, stdio = free_port(), parent_stdio()
     procs = [
         context.Process(target=dist_workers.torchrun_style,
                         args=(r, lr, len(local_ranks), port, stdio, fn, *args))

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +70,71 @@ def test_batch_must_split_between_processes(tiny: Path, tmp_path: Path) -> None:
 def test_nproc_must_be_positive(tiny: Path) -> None:
     result = run_cli("train", "--data", str(tiny), "--nproc", "0")
     assert result.status == 2 and "--nproc 0" in result.err
+
+
+def test_bad_data_in_a_rank_is_one_line_and_status_2(tmp_path: Path, capfd) -> None:
+    """A HandgradError raised in a rank reads exactly as with one process: one line, status
+    2; no rank adds its own line (nor gloo's text about the closed connection)."""
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    argv = ("train", "--data", str(bad), "--epochs", "1", "--out", str(tmp_path / "r"))
+    alone = run_cli(*argv)
+    capfd.readouterr()
+    two = run_cli(*argv, "--nproc", "2")
+    ranks = capfd.readouterr()
+    assert alone.status == 2 and alone.err.count("\n") == 1, alone.err
+    assert two.status == 2, two.err
+    assert two.err == alone.err
+    assert ranks.err == "" and "gloo" not in two.err
+
+
+MARK = "HANDGRAD_TEST_LAUNCHER"  # in the environment of the launcher and of all its children
+
+
+def marked(token: str) -> set[int]:
+    """Live processes whose environment holds ``MARK=token`` (a zombie's reads as empty)."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                env = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"{MARK}={token}".encode() in env:
+                pids.add(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["KILL", "TERM"])
+def test_no_rank_or_helper_outlives_the_launcher(tiny: Path, tmp_path: Path, sig: int) -> None:
+    """Kill ``handgrad train --nproc 2`` while its ranks train: both ranks, the fork server
+    and the resource tracker are gone within a few seconds, and the run folder stops changing."""
+    token, out = uuid.uuid4().hex, tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "handgrad", "train", "--data", str(tiny), "--out", str(out),
+         *ARGS, "--epochs", "100000", "--nproc", "2"],
+        env={**os.environ, MARK: token}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        # Ranks training: 2 ranks, the fork server, the resource tracker, and a checkpoint.
+        while len(marked(token) - {launcher.pid}) < 4 or not (out / "last.safetensors").exists():
+            assert launcher.poll() is None, launcher.stderr.read().decode()
+            assert time.monotonic() < deadline, "the ranks never started training"
+            time.sleep(0.1)
+        launcher.send_signal(sig)
+        launcher.wait(5)
+        killed_at = time.monotonic()
+        while (left := marked(token)) and time.monotonic() < killed_at + 5:
+            time.sleep(0.1)
+        assert not left, f"still running {time.monotonic() - killed_at:.1f} s after: {left}"
+        files = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+        time.sleep(0.3)
+        assert files == {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    finally:
+        launcher.kill()
+        launcher.wait()
+        launcher.stderr.close()
+        for pid in marked(token):  # this test's own processes, if the code under test failed
+            os.kill(pid, signal.SIGKILL)

@@ -13,6 +13,7 @@ import torch
 from handgrad import HandgradError, MSELoss
 from handgrad.nn.models import build_model
 from handgrad.nn.module import Module
+from handgrad.optim.optimizers import SGD
 from handgrad.train import checkpoint as ck
 from handgrad.train.callbacks import (
     Augment,
@@ -263,3 +264,120 @@ def test_resume_equals_straight_run_bitwise(tmp_path: Path, kind: str) -> None:
     assert straight.checkpointer.best == resumed.checkpointer.best
     info = ck.load_checkpoint(tmp_path / "b" / "last").info
     assert info["epoch"] == 5 and info["step"] == 25 and info["loader"]["epoch"] == 5
+
+
+# ------------------------------------------------------------- interrupted saves (issue 15)
+def killed_save(path: Path, seed: int, kill_at: int) -> None:
+    """``save_checkpoint(path, tensors(seed))`` in a forked child killed at step ``kill_at``
+    (1, 2: temporary files written; 3: backups linked; 4, 5: each renamed; 6: done)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.environ[ck.KILL_AT], ck._steps_taken = str(kill_at), 0
+            ck.save_checkpoint(path, tensors(seed), INFO)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status), "the save was not killed"
+
+
+def same(loaded: ck.Checkpoint, seed: int) -> bool:
+    return all(torch.equal(loaded.tensors[k], v) for k, v in tensors(seed).items())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and SIGKILL")
+def test_a_save_killed_between_its_renames_loads_the_previous_one(tmp_path: Path) -> None:
+    ck.save_checkpoint(tmp_path / "last", tensors(0), INFO)
+    killed_save(tmp_path / "last", 1, kill_at=4)  # new weights beside the old sidecar
+    assert same(ck.load_checkpoint(tmp_path / "last"), 0)
+    done = ck.tidy_checkpoint(tmp_path / "last")
+    assert done[0].startswith("put back the previous last.safetensors") and len(done) == 2
+    assert same(ck.load_checkpoint(tmp_path / "last"), 0) and leftovers(tmp_path) == []
+    assert ck.tidy_checkpoint(tmp_path / "last") == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and SIGKILL")
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5, 6])
+def test_a_first_save_killed_anywhere_is_whole_or_absent(tmp_path: Path, kill_at: int) -> None:
+    killed_save(tmp_path / "best", 0, kill_at)
+    if kill_at < 4:
+        assert not (tmp_path / "best.safetensors").exists()
+    else:  # at 4 the sidecar is still under its temporary name: tidying completes the save
+        assert same(ck.load_checkpoint(tmp_path / "best"), 0)
+    ck.tidy_checkpoint(tmp_path / "best")
+    assert leftovers(tmp_path) == []
+    if kill_at >= 4:
+        assert same(ck.load_checkpoint(tmp_path / "best"), 0)
+
+
+def test_checkpoints_are_as_readable_as_any_file_the_user_writes(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        ck.save_checkpoint(tmp_path / "c", tensors(0), INFO)
+    finally:
+        os.umask(umask)
+    assert {(tmp_path / n).stat().st_mode & 0o777 for n in ("c.safetensors", "c.json")} == {0o644}
+
+
+@pytest.mark.parametrize("prefix", ["model", "optim"])
+def test_non_finite_weights_never_load(tmp_path: Path, prefix: str) -> None:
+    bad = tensors(0) | {f"{prefix}.v": torch.tensor([1.0, float("nan"), float("inf")])}
+    ck.save_checkpoint(tmp_path / "c", bad, INFO)
+    with pytest.raises(HandgradError, match=rf"tensor\(s\) hold NaN/Inf \(first {prefix}\.v\)"):
+        ck.load_checkpoint(tmp_path / "c")
+
+
+def resave(path: Path, drop: str = "", **info: object) -> None:
+    """Write the checkpoint at ``path`` again without the tensors named ``drop*`` and with
+    ``info`` changed, as a damaged or hand-edited checkpoint would be."""
+    old = ck.load_checkpoint(path)
+    header = ("format", "id", "weights", "weights_sha256")
+    kept = {k: v for k, v in old.tensors.items() if not (drop and k.startswith(drop))}
+    ck.save_checkpoint(path, kept, {k: v for k, v in old.info.items() if k not in header} | info)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"drop": "rng."}, r"no random generator state \(rng\.torch_cpu\)"),
+        ({"drop": "callbacks.recorder."}, r"the callback recorder state does not fit \("),
+        ({"epoch": -1}, r"'epoch' in the sidecar is -1, not a count"),
+        ({"step": "12"}, r"'step' in the sidecar is '12', not a count"),
+        ({"optimizer": {"class": "MomentumSGD", "meta": {}}}, r"optimizer state .*'lr'"),
+    ],
+)
+def test_resume_from_an_incomplete_checkpoint_is_a_one_line_error(
+    tmp_path: Path, damage: dict, message: str
+) -> None:
+    run(tmp_path, 3, stop_after=1)
+    resave(tmp_path / "last.safetensors", **damage)
+    with pytest.raises(HandgradError, match=message) as err:
+        run(tmp_path, 3, resume=True)
+    assert "\n" not in str(err.value) and "cannot be resumed" in str(err.value)
+
+
+def test_resume_without_the_optimizer_state_is_a_one_line_error(tmp_path: Path) -> None:
+    def learner() -> Learner:
+        x, y = torch.rand(16, 16, generator=torch.Generator().manual_seed(0)), torch.randn(16)
+        net = small_net(features=16)
+        opt = SGD(net.parameters(), 0.01, momentum=0.9)
+        return Learner(net, MSELoss(), opt, SeededLoader(x, y, 8), None, [])
+
+    trained = learner()
+    trained.fit(1)
+    ck.save_learner(tmp_path / "last", trained, INFO)
+    resave(tmp_path / "last.safetensors", drop="optim.")
+    with pytest.raises(HandgradError, match=r"the optimizer state does not fit \(SGD") as err:
+        ck.restore_learner(learner(), ck.load_checkpoint(tmp_path / "last"))
+    assert "\n" not in str(err.value)
+
+
+def test_only_best_json_records_the_best(tmp_path: Path) -> None:
+    """A kill between saving best and last must not leave two stories: ``last.json`` names
+    no best, and a resumed run takes it from ``best.json``."""
+    run(tmp_path, 4, stop_after=2)
+    assert "checkpointer" not in ck.load_checkpoint(tmp_path / "last").info["callbacks"]
+    best = ck.load_checkpoint(tmp_path / "best").info
+    resave(tmp_path / "best.safetensors", metrics=best["metrics"] | {"valid_loss": -1.0})
+    resumed = run(tmp_path, 4, resume=True)
+    assert (resumed.checkpointer.best, resumed.checkpointer.best_epoch) == (-1.0, best["epoch"])

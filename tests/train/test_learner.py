@@ -9,7 +9,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from handgrad import MSELoss
+from handgrad import CrossEntropyLoss, Linear, MSELoss, Sequential
 from handgrad.app.progress import Progress
 from handgrad.train.callbacks import (
     EarlyStopping,
@@ -21,6 +21,7 @@ from handgrad.train.callbacks import (
     lr_find,
 )
 from handgrad.train.learner import (
+    EVENTS,
     Callback,
     CancelBatchException,
     CancelEpochException,
@@ -65,21 +66,7 @@ class Log(Callback):
             raise exc()
 
 
-for _event in (
-    "before_fit",
-    "before_epoch",
-    "before_batch",
-    "after_predict",
-    "after_loss",
-    "after_backward",
-    "after_step",
-    "after_batch",
-    "cleanup_batch",
-    "after_epoch",
-    "cleanup_epoch",
-    "after_fit",
-    "cleanup_fit",
-):
+for _event in EVENTS:
     setattr(Log, _event, lambda self, learn, _e=_event: self._on(_e, learn))
 
 
@@ -340,3 +327,49 @@ def test_the_seed_decides_the_shuffle_and_so_the_result() -> None:
 
     assert final_loss(0) == final_loss(0)
     assert final_loss(0) != final_loss(1)
+
+
+# ------------------------------------------------------------------- the default reporting
+def classification_learner(**kwargs) -> Learner:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()  # 3 classes
+    net = Sequential(Linear(6, 3, generator=g))
+    opt = MomentumSGD(net.parameters(), 0.1)
+    train_dl, valid_dl = SeededLoader(x, y, 8), SeededLoader(x[:12], y[:12], 6)
+    return Learner(net, CrossEntropyLoss(), opt, train_dl, valid_dl, **kwargs)
+
+
+def test_a_bare_learner_prints_each_epoch_with_loss_and_accuracy(capsys) -> None:
+    learn = classification_learner()
+    learn.fit(2)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(
+        r"epoch 2/2  train_loss \d\.\d{4}  valid_loss \d\.\d{4}  valid_accuracy \d\.\d{4}"
+        r"  lr 1\.00e-01  \d+\.\ds",
+        lines[1],
+    )
+    assert [row["epoch"] for row in learn.recorder.history] == [1, 2]
+
+
+def test_a_quiet_learner_prints_nothing_but_still_records(capsys) -> None:
+    learn = classification_learner(quiet=True)
+    learn.fit(1)
+    assert capsys.readouterr().out == ""
+    assert "valid_accuracy" in learn.recorder.history[-1]
+
+
+def test_callbacks_given_replace_the_defaults_of_the_same_name(capsys) -> None:
+    mine, buf = Metrics(), io.StringIO()
+    learn = classification_learner(callbacks=[mine, Progress(Console(file=buf, width=100))])
+    learn.fit(1)
+    assert learn.metrics is mine and "valid_accuracy" not in mine.values  # no metric asked
+    names = sorted(type(cb).__name__ for cb in learn.callbacks)
+    assert names == ["Metrics", "Progress", "Recorder"]
+    assert capsys.readouterr().out == "" and buf.getvalue().startswith("epoch 1/1  train_loss")
+
+
+def test_progress_works_without_a_console(capsys) -> None:
+    make_learner([Progress()]).fit(1)
+    assert capsys.readouterr().out.startswith("epoch 1/1  train_loss")

@@ -21,9 +21,11 @@ from rich.console import Console
 from handgrad._io import write_json
 from handgrad._version import __version__
 from handgrad.app.config import TrainConfig, config_for_resume
+from handgrad.app.outputs import check_train_outputs, clear_run
 from handgrad.app.plots.run import plot_run_history, stats_callbacks, write_run_plots
 from handgrad.app.progress import format_metrics, say
-from handgrad.app.run import Run, build_run
+from handgrad.app.run import Run, build_run, schedule_note
+from handgrad.app.text import plural
 from handgrad.data import Dataset
 from handgrad.errors import HandgradError
 from handgrad.nn.module import Module
@@ -78,10 +80,18 @@ def train(
     ckpt = None
     if config.resume:
         config, ckpt = config_for_resume(config, set(given))
+        if int(ckpt.info.get("epoch", 0)) >= config.epochs:  # type: ignore[operator]
+            raise HandgradError(
+                f"{ckpt.path}: the run already has {ckpt.info['epoch']} epochs; give --epochs N "
+                f"with N > {ckpt.info['epoch']} to train further"
+            )
     config = config.resolved()
     out = Path(config.out) if config.out else default_out(config.model)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
+        resumed_from = ckpt.path.parent if ckpt else None
+        check_train_outputs(
+            out, config.plots, resumed_from=resumed_from, overwrite=config.overwrite
+        )
     stop = StopAfter(config.stop_after) if config.stop_after else None
     run = build_run(
         config,
@@ -91,6 +101,10 @@ def train(
         callbacks=[stop] if stop else [],
         ctx=ctx,
     )
+    if main:  # the data loaded and the model built: only now is an old run replaced
+        if config.overwrite:
+            clear_run(out)
+        out.mkdir(parents=True, exist_ok=True)
     learn = run.learn
     stats = None
     if config.plots and main:  # per-layer statistics for the plots (they only read)
@@ -104,13 +118,12 @@ def train(
                 f"but {config.data} has {run.info['data']['n_features']}; resume on the same data"
             )
         start_epoch, start_step = restore_learner(learn, ckpt)
-        if start_epoch >= config.epochs:
-            raise HandgradError(
-                f"{ckpt.path}: the run already has {start_epoch} epochs; give --epochs N with "
-                f"N > {start_epoch} to train further"
-            )
     if main:
         _print_header(console, run, start_epoch)
+        if not config.quiet and not start_epoch:
+            say(console, str(learn.model.summary((run.info["data"]["n_features"],))))
+        if ckpt is not None and (note := schedule_note(run)):
+            say(console, note)
     started = time.perf_counter()
     try:
         learn.fit(config.epochs, start_epoch=start_epoch, start_step=start_step)
@@ -144,7 +157,10 @@ def train(
     if config.plots:
         written = write_run_plots(run, config.plots, stats)
         result["plots"] = str(Path(config.plots).resolve())
-        say(console, f"{len(written)} plots in {config.plots}; one page: handgrad report {out}")
+        say(
+            console,
+            f"{plural(len(written), 'plot')} in {config.plots}; one page: handgrad report {out}",
+        )
     write_json(out / "metrics.json", result)
     if getattr(learn, "stop_reason", None):
         say(console, learn.stop_reason)
@@ -156,7 +172,7 @@ def train(
         )
     say(
         console,
-        f"trained {len(history) - min(start_epoch, len(history))} epoch(s) in "
+        f"trained {plural(len(history) - min(start_epoch, len(history)), 'epoch')} in "
         f"{seconds:.1f} s; best valid_accuracy {checkpointer.best:.4f} at epoch "
         f"{checkpointer.best_epoch}: {checkpointer.best_path}; plot {out / 'history.png'}; "
         f"metrics {out / 'metrics.json'}",
@@ -166,14 +182,20 @@ def train(
 
 
 def describe_model(model: Module, n_features: int) -> str:
-    """``784-512-256-10, 535,818 parameters``: the layer widths and the parameter count."""
+    """``784-512-256-10, 535,818 parameters``: the input, each linear or convolutional layer's
+    width (``conv32/2``: 32 channels, stride 2), pooling, and the parameter count."""
     n_params = sum(p.numel() for p in model.parameters())
-    widths = [n_features]
+    parts = [str(n_features)]
     for m in model.modules():
-        out_features = getattr(m, "out_features", None)
-        if isinstance(out_features, int):
-            widths.append(out_features)
-    return f"{'-'.join(map(str, widths))}, {n_params:,} parameters"
+        if isinstance(getattr(m, "out_features", None), int):
+            parts.append(str(m.out_features))
+        elif isinstance(getattr(m, "out_channels", None), int):
+            geometry = getattr(m, "geometry", None)
+            stride = geometry.stride[0] if geometry is not None else 1
+            parts.append(f"conv{m.out_channels}" + (f"/{stride}" if stride != 1 else ""))
+        elif "Pool" in (kind := type(m).__name__):
+            parts.append("avgpool" if "Avg" in kind else "maxpool")
+    return f"{'-'.join(parts)}, {n_params:,} parameters"
 
 
 def _print_header(console: Console, run: Run, start_epoch: int) -> None:
@@ -184,21 +206,24 @@ def _print_header(console: Console, run: Run, start_epoch: int) -> None:
     if c.shift:
         extras.append(f"random shifts ±{c.shift} px")
     if c.label_smoothing:
-        extras.append(f"label smoothing {c.label_smoothing:g}")
+        extras.append(
+            f"label smoothing {c.label_smoothing:g} (in train_loss; valid_loss is without it)"
+        )
     if c.weight_decay:
         extras.append(f"weight decay {c.weight_decay:g}")
     resumed = f", resuming at epoch {start_epoch + 1}" if start_epoch else ""
+    extra = "; " + ", ".join(extras) if extras else ""
     say(
         console,
         f"data {ds.name}: {len(ds.train):,} train / {len(ds.valid):,} valid images {shape}, "
-        f"{len(ds.classes)} classes",
+        f"{plural(len(ds.classes), 'class', 'classes')}",
     )
     say(
         console,
         f"model {c.model} ({describe_model(run.learn.model, run.info['data']['n_features'])}); "
-        f"loss {run.loss_name}; {c.opt} lr {c.lr:g}, {c.schedule} schedule; {c.epochs} epochs "
-        f"x {steps} steps of {c.bs}{'; ' + ', '.join(extras) if extras else ''}; seed {c.seed}; "
-        f"device {run.learn.device}{_processes(run)}, {torch.get_num_threads()} thread(s); "
+        f"loss {run.loss_name}; {c.opt} lr {c.lr:g}, {c.schedule} schedule; "
+        f"{plural(c.epochs, 'epoch')} x {plural(steps, 'step')} of {c.bs}{extra}; seed {c.seed}; "
+        f"device {run.learn.device}{_processes(run)}, {plural(torch.get_num_threads(), 'thread')}; "
         f"out {run.out}{resumed}",
     )
 

@@ -1,21 +1,24 @@
 """What a training run prints as it goes: the ``Progress`` callback (a live ``rich`` bar and one
 line per epoch), and the plain-line helpers the run's other messages use.
 
-It lives in the application layer because it draws with ``rich``; the training layer only
-records (``Metrics``, ``Recorder``) what it shows.
+It lives in the application layer because it draws with ``rich``; its lines are the training
+layer's (:func:`~handgrad.train.reporting.epoch_line`), whose plain ``ProgressPrinter`` it
+replaces in the learner.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from rich import progress as rp
 from rich.console import Console
 
-from handgrad.train.callbacks import Metrics, Recorder
+from handgrad.app.ui import make_console
 from handgrad.train.learner import Callback, Learner
+from handgrad.train.reporting import epoch_line, format_metrics
+
+__all__ = ["Progress", "format_metrics", "say"]
 
 
 def say(console: Console, text: str) -> None:
@@ -23,26 +26,24 @@ def say(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def format_metrics(row: Mapping[str, float], sep: str = "  ") -> str:
-    """``train_loss 0.2412  valid_loss 0.1533  valid_accuracy 0.9560``: losses and metrics at
-    4 decimals, in the row's order."""
-    skip = {"epoch", "lr", "seconds"}
-    return sep.join(f"{k} {v:.4f}" for k, v in row.items() if k not in skip)
-
-
 class Progress(Callback):
     """A live ``rich`` progress bar per pass with the running loss, and one line per epoch.
 
     With ``quiet=True``, or when the console is not a terminal (a log file, a pipe, CI), there
     is no bar: only the plain line per epoch. The loss shown on the bar is read (one sync) at
-    most every ``refresh`` seconds, never per batch.
+    most every ``refresh`` seconds, never per batch. Without a ``console`` it writes to stdout
+    (:func:`~handgrad.app.ui.make_console`). Its ``name`` is the one of the learner's default
+    printer, which it replaces.
     """
 
     order = 50
+    name = "progress"
 
-    def __init__(self, console: Console, *, quiet: bool = False, refresh: float = 0.25) -> None:
-        self.console = console
-        self.live = not quiet and console.is_terminal
+    def __init__(
+        self, console: Console | None = None, *, quiet: bool = False, refresh: float = 0.25
+    ) -> None:
+        self.console = console if console is not None else make_console()
+        self.live = not quiet and self.console.is_terminal
         self.refresh = refresh
         self._bar: rp.Progress | None = None
         self._task: Any = None
@@ -98,19 +99,7 @@ class Progress(Callback):
     def after_epoch(self, learn: Learner) -> None:
         if not learn.last_pass:
             return
-        recorder = getattr(learn, "recorder", None)
-        if isinstance(recorder, Recorder) and recorder.history:
-            row = recorder.history[-1]
-            tail = f"  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
-        else:
-            metrics = getattr(learn, "metrics", None)
-            row = metrics.values if isinstance(metrics, Metrics) else {}
-            tail = ""
-        width = len(str(learn.n_epochs))
-        say(
-            self.console,
-            f"epoch {learn.epoch + 1:>{width}}/{learn.n_epochs}  {format_metrics(row)}{tail}",
-        )
+        say(self.console, epoch_line(learn))
 
     def cleanup_fit(self, learn: Learner) -> None:
         if self._bar is not None:

@@ -10,8 +10,12 @@
   sidecar's; a bare list is read as the history);
 - ``stats.json`` (written with the statistics plots, in any of the plot folders below): each
   layer's final activation and gradient statistics and its dead units;
-- every ``*.png`` in the folder, in its ``plots/`` sub-folder and in the folder that
-  ``metrics.json`` names as ``plots`` (one image per file name, the plots folder's first).
+- the run's own plots (the file names in :data:`CAPTIONS`; not, say, the confusion matrix
+  ``handgrad evaluate`` saves there) in the folder, in its ``plots/`` sub-folder and in the
+  folder that ``metrics.json`` names as ``plots`` (one image per file name, the plots
+  folder's first).
+
+A folder without a checkpoint sidecar or ``metrics.json`` is not a run, and is refused.
 
 and writes ``report.html`` there (or to ``out``) with every image embedded as a base64 data URI,
 so the page can be mailed or archived alone. Nothing is fetched from the network; all text
@@ -144,12 +148,14 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
             stats = _load_json(stats_path)
             info.stats = stats if isinstance(stats, dict) else {}
             break
-    pngs = {p.name: p for folder in folders for p in sorted(folder.glob("*.png"))}  # later wins
+    pngs = {  # later wins
+        p.name: p for folder in folders for p in sorted(folder.glob("*.png")) if p.stem in CAPTIONS
+    }
     info.plots = sorted(pngs.values(), key=_plot_key)
-    if not (info.plots or info.history or info.sidecar or info.metrics):
+    if not (info.sidecar or metrics_path.is_file()):
         raise HandgradError(
-            f"{root}: no checkpoint, metrics.json or plots found; train into it first "
-            f"('handgrad train --out {root} --plots {root / 'plots'}')"
+            f"{root}: not a training run (no checkpoint sidecar or metrics.json); give the "
+            f"--out folder of a run, or train into it first ('handgrad train --out {root}')"
         )
     return info
 

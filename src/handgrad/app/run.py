@@ -7,6 +7,7 @@ lr-find`` and the run's LR-finder plot share, so all three train the same learne
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from handgrad.train.callbacks import (
     NonFiniteGuard,
     Recorder,
     ValidLoss,
+    make_loggers,
 )
 from handgrad.train.devices import resolve_device
 from handgrad.train.learner import Callback, Learner
@@ -55,6 +57,30 @@ class Run:
     info: dict[str, Any]
     out: Path | None
     loss_name: str
+    schedule: Callable[[int], float] | None = None  # the learning rate at each step
+
+
+def run_schedule(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate at each step of the run: the schedule spans the epochs from
+    ``schedule_from`` to ``schedule_until`` (the end of the run when ``None``) and keeps its
+    last rate after (see :mod:`handgrad.app.config`)."""
+    start = config.schedule_from * steps_per_epoch
+    end = (config.schedule_until or config.epochs) * steps_per_epoch  # type: ignore[operator]
+    schedule = make_schedule(config.schedule, config.lr, end - start)  # type: ignore[arg-type]
+    return lambda step: schedule(max(step - start, 0))
+
+
+def schedule_note(run: Run) -> str | None:
+    """One line when a resumed run goes on past the end of its schedule (``None`` otherwise)."""
+    c, end = run.config, run.config.schedule_until
+    if end is None or run.schedule is None or c.epochs <= end:  # type: ignore[operator]
+        return None
+    last_lr = run.schedule(end * len(run.learn.train_dl) - 1)  # type: ignore[arg-type]
+    return (
+        f"the {c.schedule} schedule ends at epoch {end}; epochs {end + 1}-{c.epochs} keep its "
+        f"last learning rate, {last_lr:.1e} (to fine-tune at another, add --lr LR and "
+        "--schedule constant or onecycle: a new schedule from this epoch on)"
+    )
 
 
 def data_info(dataset: Dataset, mean: float, std: float) -> dict[str, Any]:
@@ -108,7 +134,9 @@ def build_run(
     if dataset is None:
         with ctx.main_first("loading the dataset") if ctx else nullcontext():
             bar = download_bar if not config.quiet and rank == 0 else None
-            dataset = load_dataset(config.data, progress=bar)
+            dataset = load_dataset(
+                config.data, data_dir=config.data_dir, download=not config.no_download, progress=bar
+            )
     n_features = int(math.prod(dataset.image_shape))
     torch.manual_seed(config.seed + rank)  # dropout masks differ between ranks
     gen = torch.Generator().manual_seed(config.seed)
@@ -128,6 +156,11 @@ def build_run(
     loss_fn = make_loss(recipe_loss, label_smoothing=config.label_smoothing or 0.0)
     train_x = dataset.train.x
     mean, std = float(train_x.mean()), float(train_x.std())
+    if not 0 < std < math.inf:
+        raise HandgradError(
+            f"{dataset.source}: every training pixel is {mean:g} (no variance): nothing to "
+            "learn from, and it cannot be normalised; check the data"
+        )
     train_dl = DataLoader(
         train_x,
         dataset.train.y,
@@ -149,13 +182,13 @@ def build_run(
         std=std,
     )
     opt = make_optimizer(config.opt, model.parameters(), config.lr, config.weight_decay)
-    total_steps = config.epochs * len(train_dl)
     info = {
         "model": {"name": config.model, "kwargs": kwargs},
         "loss": recipe_loss,
         "config": config.recipe_dict(),
         "data": data_info(dataset, mean, std),
     }
+    schedule = run_schedule(config, len(train_dl)) if for_training else None
     cbs: list[Callback] = []
     if ctx and ctx.distributed:
         # imported here, so that a single-process run never imports handgrad.distributed
@@ -170,7 +203,7 @@ def build_run(
     if config.label_smoothing:
         cbs.append(ValidLoss(make_loss(recipe_loss)))
     if for_training:
-        cbs.append(LRScheduler(make_schedule(config.schedule, config.lr, total_steps)))
+        cbs.append(LRScheduler(schedule))  # type: ignore[arg-type]
         if config.shift and len(dataset.image_shape) == 3:
             fill = -mean / std  # the background (pixel 0) after normalisation
             cbs.append(
@@ -183,6 +216,7 @@ def build_run(
             )
         if out is not None:
             cbs.append(Checkpointer(out, info, monitor="valid_accuracy", mode="max"))
+            cbs += make_loggers(config.logger, out)
         if config.patience:
             cbs.append(EarlyStopping("valid_loss", patience=config.patience))
         if console is not None:
@@ -191,5 +225,6 @@ def build_run(
     learner: type[Learner] = Learner
     if config.fast:
         learner = FastLearner
-    learn = learner(model, loss_fn, opt, train_dl, valid_dl, cbs, device=device)
-    return Run(config, dataset, learn, info, out, recipe_loss)
+    # quiet: the CLI reports through its own Progress (rich), or not at all (other ranks, lr-find)
+    learn = learner(model, loss_fn, opt, train_dl, valid_dl, cbs, device=device, quiet=True)
+    return Run(config, dataset, learn, info, out, recipe_loss, schedule)

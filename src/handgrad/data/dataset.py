@@ -112,13 +112,18 @@ def pixel_stats(x: Tensor, chunk_rows: int = 8192) -> tuple[float, float]:
 
 
 def to_split(
-    x: np.ndarray, y: np.ndarray, where: str, n_classes: int = N_CLASSES
+    x: np.ndarray,
+    y: np.ndarray,
+    where: str,
+    n_classes: int = N_CLASSES,
+    labels_where: str | None = None,
 ) -> tuple[Split, tuple[int, int, int]]:
     """Check raw arrays and convert them to a :class:`Split` (and the image shape they had).
 
     ``x`` may be uint8 (0..255, scaled by 1/255) or floating point already in [0, 1]; shaped
     (N, H, W), (N, 1, H, W) or (N, H*W) with a square image. ``y`` holds integers in
-    [0, n_classes). ``where`` names the file (and part of it) in error messages.
+    [0, n_classes). ``where`` names the file (and part of it) in error messages, and
+    ``labels_where`` the labels' file when it is another one (IDX).
     """
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or len(x) == 0:
@@ -146,17 +151,18 @@ def to_split(
         raise HandgradError(
             f"{where}: pixels are stored as {x.dtype}; expected uint8 (0..255) or floats in [0, 1]"
         )
+    labels_where = labels_where or where
     if not np.issubdtype(y.dtype, np.integer):
         raise HandgradError(
-            f"{where}: labels are stored as {y.dtype}; expected integers 0..{n_classes - 1}"
+            f"{labels_where}: labels are stored as {y.dtype}; expected integers 0..{n_classes - 1}"
         )
-    labels = torch.from_numpy(np.array(y, dtype=np.int64))  # (N,), a copy: small
-    lo, hi = int(labels.min()), int(labels.max())
+    lo, hi = int(y.min()), int(y.max())  # before the cast: uint64 above 2**63 stays positive
     if lo < 0 or hi >= n_classes:
         raise HandgradError(
-            f"{where}: labels range over [{lo}, {hi}], outside the {n_classes} classes "
+            f"{labels_where}: labels range over [{lo}, {hi}], outside the {n_classes} classes "
             f"0..{n_classes - 1}; the labels file is corrupt or belongs to another dataset"
         )
+    labels = torch.from_numpy(np.array(y, dtype=np.int64))  # (N,), a copy: small
     if not pixels.is_contiguous():
         pixels = pixels.contiguous()
     return Split(pixels, labels.contiguous()), image_shape

@@ -3,6 +3,7 @@ point; give each rank its shard with ``handgrad.data.DataLoader(rank=, world_siz
 
     context.py        DistContext: one rank's view and collectives; joining a process group
     launch.py         run, spawn: starting the ranks, failures, exit statuses
+    inherit.py        what a spawned rank gets from its launcher: stdio, a lifeline
     data_parallel.py  DataParallel (averaged gradients) and its Learner callbacks
 """
 

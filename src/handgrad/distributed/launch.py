@@ -5,7 +5,9 @@ environment; with ``nproc > 1`` it spawns that many local processes (the parent 
 rendezvous store on 127.0.0.1 and a port the OS picks, so there is no race for a port); with
 ``nproc == 1`` it calls the training function directly with a one-rank context. A failing
 rank reports one line through the store and exits with a status saying whether it is the root
-cause or a victim; the parent stops the rest and names the root cause first.
+cause or a victim; the parent stops the rest and names the root cause first (bad input that a
+rank found is raised as the same one-line :class:`HandgradError` one process would raise). No
+rank outlives the parent: each holds a :class:`~handgrad.distributed.inherit.Lifeline`.
 
 ``torch.distributed`` has no authentication or encryption: trusted networks only (see
 docs/distributed.md).
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import multiprocessing.connection as mp_connection
-import multiprocessing.reduction as mp_reduction
 import os
 import signal
 import socket
@@ -23,7 +24,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -41,10 +41,12 @@ from handgrad.distributed.context import (
     shutdown,
     threads_per_rank,
 )
+from handgrad.distributed.inherit import InheritedFd, Lifeline, fd_number, parent_stdio
 from handgrad.errors import HandgradError
 from handgrad.train.devices import resolve_device
 
 __all__ = [
+    "EXIT_BAD_INPUT",
     "EXIT_ERROR",
     "EXIT_PEER_LOST",
     "RankOutcome",
@@ -55,6 +57,7 @@ __all__ = [
 ]
 
 EXIT_ERROR = 1  # this rank's own error (an exception in the training function)
+EXIT_BAD_INPUT = 2  # this rank raised a HandgradError (bad input), as the CLI's status 2
 EXIT_PEER_LOST = 3  # a collective failed: another rank died or hung; not the root cause
 
 
@@ -70,36 +73,8 @@ def exit_with_error(exc: BaseException, status: int = EXIT_ERROR) -> NoReturn:
     os._exit(status)
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel send SIGTERM to this rank if the launching process dies, so a
-    killed launcher leaves no orphaned ranks behind."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes  # Linux only: prctl(PR_SET_PDEATHSIG)
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
 def _error_key(rank: int) -> str:
     return f"handgrad/error/{rank}"
-
-
-class _InheritedFd:
-    """This process's file descriptor ``fd``, passed to a child at start: a rank started by a
-    forkserver would otherwise write to the stdout/stderr that the server was started with."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Only valid while multiprocessing pickles a Process for starting (it collects the fds).
-        return (_detach_fd, (mp_reduction.DupFd(self.fd),))
-
-
-def _detach_fd(dup: Any) -> int:
-    return int(dup.detach())
 
 
 @dataclass
@@ -113,27 +88,22 @@ class _Launch:
     timeout_s: float
     env: dict[str, str]  # the parent's environment and directory now, not the forkserver's
     cwd: str
-    stdio: tuple[Any, Any] | None  # _InheritedFd for stdout, stderr (None: keep inherited ones)
+    stdio: tuple[InheritedFd | int, ...] | None  # stdout, stderr (None: keep inherited ones)
+    lifeline: InheritedFd | int  # Lifeline.child_end (an int once unpickled in the rank)
+    lifeline_write_fd: int  # Lifeline.write_fd, the launcher's end (closed if inherited)
 
     def adopt(self) -> None:
         """Make this process look like a child of the parent *now*, as ``spawn`` would."""
+        Lifeline.hold(self.lifeline, self.lifeline_write_fd, on_loss=EXIT_PEER_LOST)
         os.environ.clear()
         os.environ.update(self.env)
         os.chdir(self.cwd)
         if self.stdio is not None:
             sys.stdout.flush()
             sys.stderr.flush()
-            for target, fd in zip((1, 2), self.stdio, strict=True):
+            for target, fd in zip((1, 2), map(fd_number, self.stdio), strict=True):
                 os.dup2(fd, target)
                 os.close(fd)
-
-
-def _parent_stdio() -> tuple[Any, Any] | None:
-    try:
-        os.fstat(1), os.fstat(2)
-    except OSError:
-        return None
-    return (_InheritedFd(1), _InheritedFd(2))
 
 
 def _spawned_worker(rank: int, fn: Callable[..., Any], args: tuple[Any, ...], job: _Launch) -> None:
@@ -141,9 +111,9 @@ def _spawned_worker(rank: int, fn: Callable[..., Any], args: tuple[Any, ...], jo
 
     A failure is reported to the parent through the rendezvous store it hosts (one line of
     text: no pickles cross between processes) and ends the process with a status saying
-    whether this rank is the root cause (:data:`EXIT_ERROR`) or a victim (:data:`EXIT_PEER_LOST`).
+    whether this rank is the root cause (:data:`EXIT_ERROR`, :data:`EXIT_BAD_INPUT`) or a
+    victim (:data:`EXIT_PEER_LOST`).
     """
-    _die_with_parent()
     job.adopt()
     store = None
     try:
@@ -174,14 +144,26 @@ def _spawned_worker(rank: int, fn: Callable[..., Any], args: tuple[Any, ...], jo
 
 
 def _report_and_exit(store: dist.Store | None, rank: int, exc: BaseException) -> NoReturn:
-    lost = isinstance(exc, DistributedError)
-    if not isinstance(exc, DistributedError | HandgradError | KeyboardInterrupt):
-        traceback.print_exc()  # a bug or an unexpected error: the whole story
-    message = str(exc) if lost else f"{type(exc).__name__}: {exc}"
-    if store is not None:
-        with suppress(Exception):
-            store.set(_error_key(rank), message.splitlines()[0] if message else "")
-    exit_with_error(exc, EXIT_PEER_LOST if lost else EXIT_ERROR)
+    """Hand this rank's one line to the parent, which prints the job's one line (N ranks
+    printing theirs would bury the root cause among the victims' and gloo's), and exit."""
+    if isinstance(exc, DistributedError):
+        status, message = EXIT_PEER_LOST, str(exc)
+    elif isinstance(exc, HandgradError):
+        status, message = EXIT_BAD_INPUT, str(exc)
+    else:
+        status, message = EXIT_ERROR, f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, KeyboardInterrupt):
+            traceback.print_exc()  # a bug or an unexpected error: the whole story
+    message = message.splitlines()[0] if message.strip() else type(exc).__name__
+    try:
+        if store is None:
+            raise ConnectionError("no store")
+        store.set(_error_key(rank), message)
+    except Exception:  # the parent cannot hear it: say it here
+        exit_with_error(exc, status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # no destructors: see exit_with_error
 
 
 def _free_store(timeout_s: float) -> dist.TCPStore:
@@ -229,7 +211,9 @@ class RankOutcome:
     @property
     def blame(self) -> int:
         """Lower is more likely the root cause."""
-        if self.status == EXIT_ERROR or (self.status is not None and self.status < 0):
+        if self.status in (EXIT_ERROR, EXIT_BAD_INPUT) or (
+            self.status is not None and self.status < 0
+        ):
             return 0 if not self.stopped_by_launcher else 2
         return 1 if self.status != EXIT_PEER_LOST else 3
 
@@ -252,6 +236,7 @@ def spawn(
     SIGKILL). ``fn`` must be importable (defined at the top level of a module).
 
     Raises:
+        HandgradError: a rank found bad input (its one line, as one process would say it).
         DistributedError: naming the root cause first (a rank that raised or was killed),
             then what happened to the others; ``.outcomes`` lists every rank's ending.
     """
@@ -260,9 +245,11 @@ def spawn(
     timeout = timeout_s or default_timeout()
     store = _free_store(timeout)  # lives in this process until every rank has finished
     context = mp.get_context(start_method or _start_method())
+    lifeline = Lifeline()
     job = _Launch(
-        nproc, store.port, device, backend, timeout, dict(os.environ), os.getcwd(), _parent_stdio()
-    )
+        nproc, store.port, device, backend, timeout, dict(os.environ), os.getcwd(),
+        parent_stdio(), lifeline.child_end, lifeline.write_fd,
+    )  # fmt: skip
     procs = [
         context.Process(
             target=_spawned_worker,
@@ -271,9 +258,9 @@ def spawn(
         )
         for r in range(nproc)
     ]
-    for p in procs:
-        p.start()
     try:
+        for p in procs:
+            p.start()
         while True:
             # One look at the exit codes per round: reading them twice could see a rank
             # finish in between and then wait on an empty list, which never returns.
@@ -288,11 +275,14 @@ def spawn(
             p.join(max(0.0, deadline - time.monotonic()))
     finally:
         stopped = _stop(procs)
+        lifeline.close()
     outcomes = []
     for r, p in enumerate(procs):
         message = store.get(_error_key(r)).decode() if store.check([_error_key(r)]) else None
         outcomes.append(RankOutcome(r, p.exitcode, message, r in stopped))
     failed = sorted((o for o in outcomes if o.status != 0), key=lambda o: (o.blame, o.rank))
+    if failed[0].status == EXIT_BAD_INPUT and failed[0].message:
+        raise HandgradError(failed[0].message)
     raise DistributedError("; ".join(o.describe() for o in failed), outcomes)
 
 

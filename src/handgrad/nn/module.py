@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from handgrad.nn.summary import Summary, summary
 
 ForwardHook = Callable[["Module", tuple[Any, ...], Any], None]
 BackwardHook = Callable[["Module", Tensor, tuple[Tensor | None, ...]], None]
@@ -415,6 +417,11 @@ class Module:
                 target.copy_(value)
 
     # ------------------------------------------------------------------------------ display
+    def summary(self, input_shape: Sequence[int]) -> Summary:
+        """Layers, output shapes and parameter counts for one example of ``input_shape``
+        (without the batch dimension); ``print`` it for the table (:mod:`handgrad.nn.summary`)."""
+        return summary(self, input_shape)
+
     def extra_repr(self) -> str:
         return ""
 

@@ -17,8 +17,10 @@ or a corrupted weights file is an error, never silently loaded.
 Writing is atomic. Both files are written to temporary names in the same folder and fsynced;
 then each is renamed over its target, the sidecar last, and the folder is fsynced. If anything
 fails before the renames, the previous checkpoint is untouched; if it fails between them, the
-previous files (kept as hard links during the renames) are put back. Only a power cut between
-the two renames (microseconds) can leave a mismatched pair, which loading then reports.
+previous files (kept as hard links during the renames) are put back. A kill between the two
+renames leaves the new weights beside the old sidecar and the old weights' backup: loading then
+reads the backup (the pair the sidecar describes), and :func:`tidy_checkpoint` puts it back and
+removes what an interrupted save left behind. Weights holding NaN or Inf never load.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import time
 import uuid
@@ -40,12 +43,28 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from handgrad._io import temporary_beside
+from handgrad._io import give_user_mode, temporary_beside
 from handgrad._version import __version__
 from handgrad.errors import HandgradError
 from handgrad.train.learner import Learner
 
 FORMAT = "handgrad-checkpoint/1"
+
+# For tests only: HANDGRAD_CHECKPOINT_KILL_AT=N kills this process (SIGKILL: no clean-up runs)
+# at the N-th step of writing checkpoints, so a test can see what a kill at that moment leaves.
+KILL_AT = "HANDGRAD_CHECKPOINT_KILL_AT"
+_steps_taken = 0
+
+
+def _step() -> None:
+    """One step of a save is done (a test may kill the process here, see ``KILL_AT``)."""
+    global _steps_taken
+    at = os.environ.get(KILL_AT)
+    if not at:
+        return
+    _steps_taken += 1
+    if _steps_taken == int(at):
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 # ------------------------------------------------------------------------------------ paths
@@ -55,6 +74,11 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def _backup(target: Path) -> Path:
+    """Where a save keeps ``target``'s previous version until its new pair is in place."""
+    return target.with_name(f".{target.name}.bak")
 
 
 # ----------------------------------------------------------------------------------- saving
@@ -105,7 +129,9 @@ def _commit(files: list[tuple[Path, bytes]]) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            give_user_mode(tmp)
             temps.append((tmp, target))
+            _step()
         _replace_all(temps)
 
 
@@ -117,16 +143,18 @@ def _replace_all(temps: list[tuple[Path, Path]]) -> None:
     try:
         for _, target in temps:
             if target.exists():
-                bak = target.with_name(f".{target.name}.bak")
+                bak = _backup(target)
                 bak.unlink(missing_ok=True)
                 try:
                     os.link(target, bak)
                 except OSError:  # no hard links here (some network/FAT file systems)
                     shutil.copy2(target, bak)
                 backups.append((bak, target))
+        _step()
         for tmp, target in temps:
             os.replace(tmp, target)
             renamed.append(target)
+            _step()
         _fsync_dir(temps[0][1].parent)
     except BaseException:
         # Put the previous checkpoint back whole; remove any half of a new one.
@@ -142,6 +170,62 @@ def _replace_all(temps: list[tuple[Path, Path]]) -> None:
         raise
     for bak, _ in backups:
         bak.unlink(missing_ok=True)
+    _step()
+
+
+def tidy_checkpoint(path: str | os.PathLike[str]) -> list[str]:
+    """Finish what an interrupted save of ``path`` left behind: put the previous weights back
+    when a kill came between the two renames, and remove temporary and backup files. Returns
+    one phrase per thing done (empty when there was nothing to do)."""
+    weights, sidecar = checkpoint_paths(path)
+    done = []
+    bak = _backup(weights)
+    own = _sidecar_id(sidecar)
+    if own is not None and _weights_id(weights) != own and _weights_id(bak) == own:
+        os.replace(bak, weights)
+        done.append(f"put back the previous {weights.name} (its save was interrupted)")
+    unrenamed = None if sidecar.exists() else _unrenamed_sidecar(weights, sidecar)
+    if unrenamed is not None:
+        os.replace(unrenamed, sidecar)
+        done.append(f"completed the interrupted save of {weights.name}")
+    leftovers = [
+        *weights.parent.glob(f".{weights.name}.*.tmp"),
+        *weights.parent.glob(f".{sidecar.name}.*.tmp"),
+        *(p for p in (bak, _backup(sidecar)) if p.is_file()),
+    ]
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    if leftovers:
+        done.append(f"removed {len(leftovers)} file(s) an interrupted save of {weights.name} left")
+    return done
+
+
+def _weights_id(weights: Path) -> str | None:
+    """The checkpoint id in a weights file's header, or ``None`` if it cannot be read."""
+    try:
+        with open(weights, "rb") as f:
+            head = f.read(8)
+            (n,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+            meta = _read_header(head + f.read(min(n, 1 << 24)), weights).get("__metadata__")
+    except (OSError, HandgradError):
+        return None
+    return meta.get("id") if isinstance(meta, dict) else None
+
+
+def _unrenamed_sidecar(weights: Path, sidecar: Path) -> Path | None:
+    """The temporary sidecar (written whole) of the save that renamed ``weights`` into
+    place and was killed before renaming this one, if there is one."""
+    own = _weights_id(weights) if weights.is_file() else None
+    found = (p for p in weights.parent.glob(f".{sidecar.name}.*.tmp") if _sidecar_id(p) == own)
+    return next(found, None) if own is not None else None
+
+
+def _sidecar_id(sidecar: Path) -> str | None:
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return info.get("id") if isinstance(info, dict) else None
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -191,13 +275,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             f"{weights}: no such checkpoint; give the .safetensors written by handgrad train "
             "(e.g. runs/<run>/best.safetensors)"
         )
-    if not sidecar.is_file():
+    # A first save killed between its two renames left the sidecar under its temporary name.
+    text_from = sidecar if sidecar.is_file() else _unrenamed_sidecar(weights, sidecar)
+    if text_from is None:
         raise HandgradError(
             f"{sidecar}: missing; a checkpoint is the .safetensors and its .json sidecar, "
             "keep both files together"
         )
     try:
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
+        info = json.loads(text_from.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HandgradError(f"{sidecar}: corrupt JSON sidecar ({exc})") from exc
     if not isinstance(info, dict) or info.get("format") != FORMAT:
@@ -205,15 +291,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     data = weights.read_bytes()
     meta = _read_header(data, weights).get("__metadata__") or {}
     if meta.get("id") != info.get("id"):
-        hint = (
-            f"; an interrupted save left the previous files as .{weights.name}.bak and "
-            f".{sidecar.name}.bak, rename them back"
-            if weights.with_name(f".{weights.name}.bak").exists()
-            else ""
-        )
-        raise HandgradError(
-            f"{weights}: does not belong to {sidecar.name} (checkpoint ids differ){hint}"
-        )
+        # A save killed between its two renames: the backup holds the weights of this sidecar.
+        if info.get("id") is None or _weights_id(_backup(weights)) != info["id"]:
+            raise HandgradError(
+                f"{weights}: does not belong to {sidecar.name} (checkpoint ids differ); keep "
+                "the two files of one save together"
+            )
+        data = _backup(weights).read_bytes()
     if hashlib.sha256(data).hexdigest() != info.get("weights_sha256"):
         raise HandgradError(
             f"{weights}: corrupt (its SHA-256 differs from the one in {sidecar.name}); "
@@ -223,6 +307,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         tensors = safetensors.torch.load(data)
     except Exception as exc:  # safetensors raises its own SafetensorError
         raise HandgradError(f"{weights}: corrupt safetensors data ({exc})") from exc
+    bad = [
+        name
+        for name, t in tensors.items()
+        if name.startswith(("model.", "optim."))
+        and t.is_floating_point()
+        and not t.isfinite().all()
+    ]
+    if bad:
+        raise HandgradError(
+            f"{weights}: {len(bad)} tensor(s) hold NaN/Inf (first {bad[0]}): the run had "
+            "diverged when this was saved; use an earlier checkpoint, or train again with a "
+            "lower --lr"
+        )
     return Checkpoint(weights, info, tensors)
 
 
@@ -251,6 +348,8 @@ def learner_tensors_and_info(learn: Learner) -> tuple[dict[str, Tensor], dict[st
         "epoch": learn.epoch + 1,  # epochs completed: the next run starts at this index
         "step": learn.step,
         "n_epochs": learn.n_epochs,
+        # FastLearner's compiled step agrees with the readable one only to rounding
+        "fast": getattr(learn, "fast", None) is not None,
         "optimizer": opt_info,
         "loader": {
             "epoch": learn.epoch + 1,
@@ -276,8 +375,19 @@ def restore_learner(learn: Learner, ckpt: Checkpoint) -> tuple[int, int]:
     """Load weights, optimizer, callback states and RNG state from ``ckpt`` into ``learn``.
 
     Returns ``(start_epoch, start_step)`` for ``learn.fit(n, start_epoch=..., start_step=...)``.
+    A checkpoint that lacks a part of that state is a one-line error.
     """
     info = ckpt.info
+    start = _count(ckpt, "epoch"), _count(ckpt, "step")
+    fast = getattr(learn, "fast", None) is not None
+    if info.get("fast", fast) != fast:
+        how = "with --fast" if info["fast"] else "without --fast"
+        raise HandgradError(
+            f"{ckpt.path}: the run was trained {how}; resume it {how} too (the compiled and "
+            "the readable step agree only to rounding, and a resumed run repeats its own)"
+        )
+    if "rng.torch_cpu" not in ckpt.tensors:
+        raise HandgradError(f"{ckpt.path}: no random generator state (rng.torch_cpu); {_REDO}")
     load_weights(learn.model, ckpt)
     if hasattr(learn.opt, "load_state_dict"):
         opt_meta = info.get("optimizer", {})
@@ -286,14 +396,40 @@ def restore_learner(learn: Learner, ckpt: Checkpoint) -> tuple[int, int]:
                 f"{ckpt.path}: saved with optimizer {opt_meta.get('class')}, resumed with "
                 f"{type(learn.opt).__name__}; resume with the same --opt"
             )
-        learn.opt.load_state_dict(ckpt.group("optim"), opt_meta.get("meta", {}))
+        _load_part(ckpt, "optimizer", learn.opt, "optim", opt_meta.get("meta", {}))
     for cb in learn.callbacks:
         if cb.name and hasattr(cb, "load_state_dict") and cb.name in info.get("callbacks", {}):
-            cb.load_state_dict(ckpt.group(f"callbacks.{cb.name}"), info["callbacks"][cb.name])
+            meta = info["callbacks"][cb.name]
+            _load_part(ckpt, f"callback {cb.name}", cb, f"callbacks.{cb.name}", meta)
     torch.set_rng_state(ckpt.tensors["rng.torch_cpu"])
     if "rng.torch_cuda" in ckpt.tensors and learn.device.type == "cuda":
         torch.cuda.set_rng_state(ckpt.tensors["rng.torch_cuda"], learn.device)
-    return int(info["epoch"]), int(info["step"])
+    return start
+
+
+_REDO = "it cannot be resumed: start the run again, or resume an intact last.safetensors"
+
+
+def _count(ckpt: Checkpoint, key: str) -> int:
+    """``info[key]``, a count of epochs or steps: a non-negative integer, else an error."""
+    value = ckpt.info.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise HandgradError(
+            f"{ckpt.path}: {key!r} in the sidecar is {value!r}, not a count; {_REDO}"
+        )
+    return value
+
+
+def _load_part(ckpt: Checkpoint, what: str, into: Any, prefix: str, meta: Any) -> None:
+    """``into.load_state_dict`` with the checkpoint's ``prefix`` tensors; a mismatch (missing
+    or extra tensors, bad metadata) is a one-line error."""
+    try:
+        into.load_state_dict(ckpt.group(prefix), meta)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HandgradError(
+            f"{ckpt.path}: the {what} state does not fit ({detail}); {_REDO}"
+        ) from exc
 
 
 def load_weights(model: Any, ckpt: Checkpoint) -> None:

@@ -7,6 +7,7 @@ image shape, the class names and the normalisation (mean and std of the training
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,13 @@ def load_trained(path: str | os.PathLike[str]) -> Trained:
             f"{ckpt.path}: model {name!r} is not known to this handgrad (have "
             f"{', '.join(MODELS)}); upgrade handgrad"
         )
-    model = build_model(name, in_features=n_features, n_classes=n_classes, **kwargs)
+    try:
+        model = build_model(name, in_features=n_features, n_classes=n_classes, **kwargs)
+    except (TypeError, ValueError) as exc:  # an edited or foreign sidecar
+        raise HandgradError(
+            f"{ckpt.path.with_suffix('.json')}: cannot build model {name!r} from its kwargs "
+            f"{kwargs} ({exc}); the sidecar was edited or not written by handgrad train"
+        ) from None
     load_weights(model, ckpt)
     model.eval()
     return Trained(model, ckpt)
@@ -114,41 +121,59 @@ def evaluate(trained: Trained, x: Tensor, y: Tensor) -> Evaluation:
 
 
 # ------------------------------------------------------------------------------------ images
-def load_image(path: str | os.PathLike[str], trained: Trained) -> Tensor:
-    """A PNG/JPEG (any size) as one normalised row (n_features,), prepared like the training
-    images: grayscale, light ink on a dark background (inverted when the picture is dark on
-    light), and for digit datasets centred as MNIST's were (the ink's bounding box scaled to
-    20x20 inside 28x28, centre of mass in the middle); other datasets are resized whole."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+#: The most pixels an image to classify may have (a 50-megapixel photo): a PNG's header can
+#: claim 20000x20000 in a few hundred bytes, and decoding it would take gigabytes.
+MAX_IMAGE_PIXELS = 50_000_000
 
+
+def prepare_image(path: str | os.PathLike[str], trained: Trained) -> np.ndarray:
+    """A PNG/JPEG (any size up to :data:`MAX_IMAGE_PIXELS`) as the (H, W) pixels in [0, 1] the
+    model takes, prepared like the training images: grayscale, light ink on a dark background
+    (inverted when the picture is dark on light), and for digit datasets centred as MNIST's
+    were (the ink's bounding box scaled to 20x20 inside 28x28, centre of mass in the middle);
+    other datasets are resized whole."""
     path = Path(path)
     channels, height, width = trained.data["image_shape"]
     if channels != 1:
         raise HandgradError(f"{path}: only grayscale models can read images (model: {channels} ch)")
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                back = Image.new("RGBA", img.size, "white")  # transparent = paper
-                img = Image.alpha_composite(back, img.convert("RGBA"))
-            gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    except FileNotFoundError as exc:
-        raise HandgradError(f"{path}: no such file; give the path of a PNG or JPEG") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise HandgradError(
-            f"{path}: cannot read it as an image ({type(exc).__name__}); give a PNG or JPEG"
-        ) from exc
+    gray = _read_gray(path)
     if gray.ndim != 2 or min(gray.shape) < 1:
         raise HandgradError(f"{path}: empty image")
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if np.median(border) > 0.5:  # dark ink on light paper: MNIST is light on dark
         gray = 1.0 - gray
     if trained.data["classes"] == DIGIT_CLASSES:
-        pixels = _mnist_style(gray, height, width, path)
-    else:
-        pixels = _resize(gray, width, height)
-    x = torch.from_numpy(pixels.reshape(-1).copy())
-    return trained.normalize(x)
+        return _mnist_style(gray, height, width, path)
+    return _resize(gray, width, height)
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    """The image's grayscale pixels in [0, 1]; its size is checked from the header, before the
+    pixels are decoded."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    too_big = f"{path}: more than {MAX_IMAGE_PIXELS:,} pixels"
+    fix = "scale the picture down (a digit needs a few hundred pixels a side at most)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise HandgradError(f"{too_big} ({w}x{h}); {fix}")
+                img = ImageOps.exif_transpose(img)
+                if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                    back = Image.new("RGBA", img.size, "white")  # transparent = paper
+                    img = Image.alpha_composite(back, img.convert("RGBA"))
+                return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except Image.DecompressionBombError:
+        raise HandgradError(f"{too_big}; {fix}") from None
+    except FileNotFoundError as exc:
+        raise HandgradError(f"{path}: no such file; give the path of a PNG or JPEG") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise HandgradError(
+            f"{path}: cannot read it as an image ({type(exc).__name__}); give a PNG or JPEG"
+        ) from exc
 
 
 def _resize(gray: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -19,7 +19,7 @@ def targets(workloads: list[dict[str, Any]], *, gpu: bool = False) -> list[dict[
     (on a GPU the memory targets compare allocated GPU memory)."""
     out: list[dict[str, Any]] = []
     for w in workloads:
-        b = _best(w)
+        b = best_variant(w)
         if b is not None:
             out += _speed(w, b, gpu)
         out += _overheads(w)
@@ -27,7 +27,7 @@ def targets(workloads: list[dict[str, Any]], *, gpu: bool = False) -> list[dict[
     return out
 
 
-def _best(w: dict[str, Any]) -> dict[str, Any] | None:
+def best_variant(w: dict[str, Any]) -> dict[str, Any] | None:
     """The fastest handgrad row that passed the guard and is not an overhead comparison."""
     hg = [r for r in w["results"] if r["role"] == "handgrad" and r["speedup"] is not None]
     hg = [r for r in hg if not r["baseline"]]

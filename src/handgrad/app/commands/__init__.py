@@ -9,7 +9,8 @@ from handgrad.app.commands import (
     lr_find,
     predict,
     report,
+    runs,
     train,
 )
 
-COMMANDS = [check, demo, data, train, evaluate, predict, lr_find, report, bench]
+COMMANDS = [check, demo, data, train, evaluate, predict, lr_find, report, runs, bench]

@@ -6,9 +6,12 @@
     handgrad bench --threads 1         # both sides single-threaded
     handgrad bench --device cuda       # on the GPU (fast path skipped, GPU memory measured)
 
-Both sides run in this process, alternating, several rounds; the table shows medians. A
-handgrad variant whose parameters disagree with PyTorch's after one step is marked WRONG and
-gets no speed-up (exit status 1). See handgrad.app.bench for how each column is measured.
+Both sides run in this process, alternating, several rounds; the table shows medians, and
+the line below it each workload's best speed-up. A handgrad variant whose parameters disagree
+with PyTorch's after one step is marked WRONG and gets no speed-up: the exit status is 1 then,
+0 otherwise (it says nothing about speed). --targets adds the project's performance targets,
+met or missed (benchmarks/RESULTS.md tracks them). See handgrad.app.bench for how each column
+is measured.
 
 With --device cuda everything (data, both models, optimizers) lives on the GPU, each timed
 interval is bracketed by torch.cuda.synchronize(), TF32 is off on both sides, the CPU-only
@@ -27,6 +30,8 @@ import torch
 
 from handgrad._io import write_text
 from handgrad.app.bench import Config, render, run_bench, to_markdown
+from handgrad.app.bench.targets import best_variant
+from handgrad.app.outputs import check_file
 from handgrad.app.ui import make_console
 from handgrad.errors import HandgradError
 from handgrad.train.devices import resolve_device
@@ -43,14 +48,25 @@ def add(sub: Any) -> None:
     )
     p.add_argument("--quick", action="store_true", help="small sizes (under a minute in all)")
     p.add_argument("--only", default="", help="comma-separated workloads, e.g. W2,W3")
-    p.add_argument("--rows", type=int, help="rows of data for every workload (overrides sizes)")
-    p.add_argument("--repeats", type=int, help="timed rounds per workload (median reported)")
+    p.add_argument(
+        "--rows", type=int, help="rows of data for every workload (default: each workload's size)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="timed rounds per workload, median reported (default: 1 to 7 by workload, 3 "
+        "with --quick)",
+    )
     p.add_argument(
         "--device",
         default="cpu",
         help="cpu (default), cuda, cuda:N, or auto (cuda where PyTorch sees a GPU, else cpu)",
     )
-    p.add_argument("--threads", type=int, help="torch intra-op threads for both sides")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads for both sides (default: torch's, every core)",
+    )
     p.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -67,9 +83,21 @@ def add(sub: Any) -> None:
         "CPU only: on cuda the allocator's counts are exact, one run each)",
     )
     p.add_argument("--no-fast", action="store_true", help="skip the compiled fast path")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
-    p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
+    p.add_argument(
+        "--targets",
+        action="store_true",
+        help="also print the project's performance targets, met or missed (small misses are "
+        "often noise: compare several runs)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the results as JSON ('-': stdout; default: not written)",
+    )
+    p.add_argument(
+        "--markdown", metavar="PATH", help="also write the table as markdown (default: not written)"
+    )
     p.set_defaults(run=run)
 
 
@@ -82,6 +110,9 @@ def parse_config(args: argparse.Namespace) -> Config:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise HandgradError(f"--{name} {value}: must be a positive integer")
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path and path != "-":
+            check_file(path, option)  # before minutes of benchmarking, not after
     device = _device(args.device)  # --clock cpu with cuda: refused by run_bench
     return Config(
         quick=args.quick,
@@ -118,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
     console.print(render(report))
     for line in report["skipped"]:
         console.print(f"skipped: {line}")
-    for t in report["targets"]:
+    for line in best_speedups(report):
+        console.print(line)
+    for t in report["targets"] if args.targets else []:
         mark = "[green]met[/green]" if t["met"] else "[yellow]missed[/yellow]"
         console.print(f"target {mark}: {t['target']}: {t['value']}")
     m = report["machine"]
@@ -144,6 +177,17 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]refused[/red]: results differ from PyTorch for {', '.join(wrong)}")
         return 1
     return 0
+
+
+def best_speedups(report: dict[str, Any]) -> list[str]:
+    """``W2 epoch 784-50-10 ...: speed-up 2.72x over torch eager (handgrad)``: each workload's
+    fastest variant that passed the correctness guard."""
+    best = [(w, best_variant(w)) for w in report["workloads"]]
+    return [
+        f"{w['key']} {w['title']}: speed-up {b['speedup']:.2f}x over torch eager ({b['label']})"
+        for w, b in best
+        if b
+    ]
 
 
 def _write(path: Path, text: str, what: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
+from handgrad.app.commands.options import add_data_source
 from handgrad.app.ui import download_bar, make_console
 from handgrad.data import Dataset, load_dataset, pixel_stats
 from handgrad.errors import HandgradError
@@ -36,7 +37,9 @@ def add(sub: Any) -> None:
     show = actions.add_parser("show", help="a PNG grid of samples, each labelled with its class")
     _add_source(show)
     show.add_argument("--out", default="samples.png", help="PNG to write (default samples.png)")
-    show.add_argument("--split", default="train", choices=("train", "valid", "test"))
+    show.add_argument(
+        "--split", default="train", choices=("train", "valid", "test"), help="which split"
+    )
     show.add_argument("--count", type=int, default=36, help="samples to draw (default 36)")
     show.add_argument("--seed", type=int, default=0, help="which random samples (default 0)")
     show.set_defaults(run=run_show)
@@ -46,9 +49,7 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "dataset", metavar="NAME|PATH", help="mnist-sample, mnist, fashion-mnist or a path"
     )
-    p.add_argument("--data-dir", help="cache folder for named datasets (default $HANDGRAD_DATA "
-                   "or ~/.cache/handgrad)")  # fmt: skip
-    p.add_argument("--no-download", action="store_true", help="fail rather than download")
+    add_data_source(p)
 
 
 def _load(args: argparse.Namespace) -> Dataset:

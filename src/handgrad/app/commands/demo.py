@@ -18,9 +18,9 @@ def add(sub: Any) -> None:
         "hand and by autograd, gradients compared, both timed",
     )
     p.add_argument("--rows", type=int, default=50_000, help="rows of generated data")
-    p.add_argument("--hidden", type=int, default=50)
+    p.add_argument("--hidden", type=int, default=50, help="hidden units of the 784-H-1 MLP")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and weights")
     p.add_argument(
         "--no-input-grad",
         action="store_true",

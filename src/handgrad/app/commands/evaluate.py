@@ -4,6 +4,10 @@
     handgrad evaluate runs/<run>/best.safetensors --data mnist --split test
 
 The confusion matrix is printed and saved as a PNG (default: next to the checkpoint).
+
+Data whose classes are not the model's (a digit model on Fashion-MNIST) is refused with exit
+status 2, since its accuracy would mean nothing; ``--other-classes`` evaluates it anyway.
+``--data-dir`` and ``--no-download`` work as for ``handgrad data``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import Any
 
 from rich.table import Table
 
+from handgrad.app.commands.options import add_data_source
 from handgrad.app.plots.training import plot_confusion
-from handgrad.app.ui import make_console
+from handgrad.app.ui import download_bar, make_console
 from handgrad.data import load_dataset
 from handgrad.errors import HandgradError
 from handgrad.train.inference import check_input_size, evaluate, load_trained
@@ -36,7 +41,17 @@ def add(sub: Any) -> None:
     p.add_argument(
         "--split", choices=SPLITS, default=None, help="default: test if there is one, else valid"
     )
-    p.add_argument("--out", default=None, metavar="PNG", help="where to save the confusion matrix")
+    p.add_argument(
+        "--out", default=None, metavar="PNG",
+        help="where to save the confusion matrix (default: confusion-<data>-<split>.png next to "
+        "the checkpoint)",
+    )  # fmt: skip
+    p.add_argument(
+        "--other-classes",
+        action="store_true",
+        help="evaluate even on data whose classes are not the model's",
+    )
+    add_data_source(p)
     p.set_defaults(run=run)
 
 
@@ -46,15 +61,21 @@ def run(args: argparse.Namespace) -> int:
     data_name = args.data or trained.data.get("source") or trained.data["name"]
     if args.data is None and not Path(str(data_name)).exists():
         data_name = trained.data["name"]
-    dataset = load_dataset(data_name)
+    dataset = load_dataset(
+        data_name, data_dir=args.data_dir, download=not args.no_download, progress=download_bar
+    )
     split_name = args.split or ("test" if dataset.test is not None else "valid")
-    split = dataset.splits().get(split_name) if hasattr(dataset, "splits") else None
-    if split is None:
-        split = getattr(dataset, split_name, None)
+    split = dataset.splits().get(split_name)
     if split is None:
         raise HandgradError(f"{dataset.name}: has no {split_name} split; use --split valid")
     n_features = int(math.prod(dataset.image_shape))
     check_input_size(trained, n_features, dataset.image_shape, str(data_name))
+    if dataset.classes != trained.data["classes"] and not args.other_classes:
+        raise HandgradError(
+            f"{data_name}: its classes ({_names(dataset.classes)}) are not the model's "
+            f"({_names(trained.data['classes'])}), so its accuracy would mean nothing; evaluate "
+            "on data of the model's classes, or add --other-classes to evaluate anyway"
+        )
     if split.y.numel() and int(split.y.max()) >= len(trained.data["classes"]):
         raise HandgradError(
             f"{data_name}: labels up to {int(split.y.max())}, but the model knows "
@@ -89,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     return 0
+
+
+def _names(classes: list[str]) -> str:
+    """``0, 1, 2, ...`` or ``T-shirt/top, Trouser, Pullover, ...``: enough to tell them apart."""
+    return ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
 
 
 def _slug(name: str) -> str:

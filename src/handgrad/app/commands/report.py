@@ -13,6 +13,7 @@ from typing import Any
 
 from handgrad._io import write_text
 from handgrad.app.report import read_run, render_report
+from handgrad.app.text import plural
 from handgrad.app.ui import make_console
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     path = write_text(target, render_report(info, title=args.title))
     size = path.stat().st_size
     console.print(
-        f"wrote {path} ({size / 1e6:.1f} MB): {len(info.plots)} plots, "
-        f"{len(info.history)} epochs of metrics"
+        f"wrote {path} ({size / 1e6:.1f} MB): {plural(len(info.plots), 'plot')}, "
+        f"{plural(len(info.history), 'epoch')} of metrics"
     )
     return 0

@@ -8,6 +8,7 @@ are rank 3 (count, rows, cols), labels rank 1 (count).
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import struct
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from handgrad._io import write_bytes
-from handgrad.data.formats.files import bad_file, read_bytes
+from handgrad.data.formats.files import bad_file, folder_errors, read_bytes
 
 UBYTE = 0x08  # IDX type code of unsigned bytes, the only one MNIST-family files use
 IMAGES_MAGIC = 0x00000803  # 00 00, type 0x08 (ubyte), rank 3: (count, rows, cols)
@@ -67,7 +68,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     shape = struct.unpack_from(f">{rank}I", data, HEADER.size)
     if kind == "images" and (shape[1] == 0 or shape[2] == 0):
         raise bad_file(path, f"images of size {shape[1]}x{shape[2]}", FIX)
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python ints: a hostile header cannot overflow it
     body = len(data) - header_end
     if body < expected:
         raise bad_file(
@@ -117,8 +118,9 @@ def find_idx_files(folder: Path) -> dict[tuple[str, str], Path]:
     """IDX files in ``folder`` by (split, kind), e.g. ``("train", "images")``; a raw file is
     preferred over its ``.gz`` (no decompression)."""
     found: dict[tuple[str, str], Path] = {}
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name.endswith(".gz")):
-        m = FILE_NAME.match(entry.name)
-        if m and entry.is_file():
-            found.setdefault((m.group(1), m.group(2)), entry)
+    with folder_errors(folder):
+        for entry in sorted(folder.iterdir(), key=lambda p: p.name.endswith(".gz")):
+            m = FILE_NAME.match(entry.name)
+            if m and entry.is_file():
+                found.setdefault((m.group(1), m.group(2)), entry)
     return found

@@ -7,6 +7,7 @@ torchvision's ``MNIST/raw`` and ``FashionMNIST/raw`` sub-folders are searched to
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from handgrad.data.dataset import (
     make_dataset,
     to_split,
 )
-from handgrad.data.formats.files import bad_file
+from handgrad.data.formats.files import bad_file, folder_errors, path_status, refuse_special
 from handgrad.data.formats.idx import FILE_NAME, find_idx_files, read_idx_pair
 from handgrad.data.formats.npz import npz_arrays
 from handgrad.data.formats.pickles import lesson_parts
@@ -34,14 +35,16 @@ def load_path(path: Path, name: str | None = None, classes: list[str] | None = N
     """Load the dataset at ``path`` (a file or a folder); ``name`` and ``classes`` default to
     the file's name and to digit names (Fashion-MNIST's if ``fashion`` is in the path)."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise HandgradError(
-            f"{path}: no such file or folder; give a dataset name (mnist-sample, mnist, "
-            "fashion-mnist) or the path of an .pkl.gz, .npz, IDX file or a folder of them"
-        )
+    mode = path_status(
+        path,
+        missing="no such file or folder",
+        fix="give a dataset name (mnist-sample, mnist, fashion-mnist) or the path of an "
+        ".pkl.gz, .npz, IDX file or a folder of them",
+    ).st_mode
+    refuse_special(path, mode)
     classes = classes or class_names_for(str(path.resolve()))
     name = name or path.name
-    if path.is_dir():
+    if stat.S_ISDIR(mode):
         return _load_folder(path, name, classes)
     if FILE_NAME.match(path.name):
         return _load_idx_folder(path.parent, name, classes)
@@ -60,6 +63,11 @@ def load_path(path: Path, name: str | None = None, classes: list[str] | None = N
 
 def find_in_folder(folder: Path) -> Path | None:
     """The data file or IDX folder that :func:`load_path` would use in ``folder``, if any."""
+    with folder_errors(folder):
+        return _search(folder)
+
+
+def _search(folder: Path) -> Path | None:
     for sub in SUBFOLDERS:
         d = folder / sub if sub else folder
         if not d.is_dir():
@@ -106,14 +114,20 @@ def _load_idx_folder(folder: Path, name: str, classes: list[str]) -> Dataset:
     parts: dict[str, tuple[Split, tuple[int, int, int]]] = {}
     images, labels = files[("train", "images")], files[("train", "labels")]
     train, shape = to_split(
-        *read_idx_pair(images, labels), where=str(images), n_classes=len(classes)
+        *read_idx_pair(images, labels),
+        where=str(images),
+        n_classes=len(classes),
+        labels_where=str(labels),
     )
     tr, va = carve_valid(train, str(images))
     parts["train"], parts["valid"] = (tr, shape), (va, shape)
     if ("t10k", "images") in files:
         images, labels = files[("t10k", "images")], files[("t10k", "labels")]
         parts["test"] = to_split(
-            *read_idx_pair(images, labels), where=str(images), n_classes=len(classes)
+            *read_idx_pair(images, labels),
+            where=str(images),
+            n_classes=len(classes),
+            labels_where=str(labels),
         )
     note = f"IDX train/t10k files; {CARVED}; test = t10k" if "test" in parts else CARVED
     return make_dataset(name, parts, classes=classes, source=str(folder), split_note=note)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from handgrad.data.dataset import DIGITS, FASHION, Dataset
+from handgrad.data.formats.files import folder_errors
 from handgrad.data.formats.idx import find_idx_files
 from handgrad.data.sources.download import TransferBar, fetch_all
 from handgrad.data.sources.paths import find_in_folder, load_path
@@ -117,8 +118,9 @@ def _named(path: Path, key: str, classes: list[str]) -> Dataset:
 def _usable(folder: Path, complete: bool = False) -> bool:
     """``folder`` holds a dataset file; with ``complete``, a set of IDX files must have all
     four files (a download that stopped half way is resumed, not loaded)."""
-    if not folder.is_dir():
-        return False
+    with folder_errors(folder):
+        if not folder.is_dir():
+            return False
     found = find_in_folder(folder)
     if found is None:
         return False

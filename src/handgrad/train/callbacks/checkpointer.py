@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
-
+from handgrad.errors import HandgradError
 from handgrad.train.callbacks.metrics import improved, metric_value
 from handgrad.train.learner import Callback, Learner
 
@@ -17,6 +16,13 @@ class Checkpointer(Callback):
     when ``monitor`` improved, ``best.safetensors``, in ``directory``; each with its JSON
     sidecar (see :mod:`handgrad.train.checkpoint`). ``info`` (model name and arguments, config,
     data description) is stored in every sidecar.
+
+    The best so far is recorded in one place only, ``best.json`` (its ``metrics`` and
+    ``epoch``), written with the weights it describes, and ``best`` is saved before ``last``:
+    a run killed at any moment never names a best that no file holds. A resumed run
+    (``fit`` from an epoch > 0) takes its best from ``best.json`` and first tidies what an
+    interrupted save left (see :func:`~handgrad.train.checkpoint.tidy_checkpoint`); what it
+    did is listed in ``notes``.
     """
 
     order = 40
@@ -38,6 +44,7 @@ class Checkpointer(Callback):
         self.monitor, self.mode, self.save_last = monitor, mode, save_last
         self.best: float | None = None
         self.best_epoch = 0
+        self.notes: list[str] = []
 
     @property
     def last_path(self) -> Path:
@@ -48,26 +55,32 @@ class Checkpointer(Callback):
         return self.directory / "best.safetensors"
 
     def before_fit(self, learn: Learner) -> None:
-        if learn.epoch == 0:
-            self.best, self.best_epoch = None, 0
+        self.best, self.best_epoch, self.notes = None, 0, []
+        if learn.epoch > 0:
+            self._resume()
+
+    def _resume(self) -> None:
+        # imported here: safetensors loads when a checkpoint is first used, not on import
+        from handgrad.train.checkpoint import load_checkpoint, tidy_checkpoint
+
+        for path in (self.best_path, self.last_path):
+            self.notes += tidy_checkpoint(path)
+        if not self.best_path.exists():
+            return
+        try:
+            info = load_checkpoint(self.best_path).info
+            self.best, self.best_epoch = float(info["metrics"][self.monitor]), int(info["epoch"])
+        except (HandgradError, KeyError, TypeError, ValueError) as exc:
+            self.notes.append(f"{self.best_path.name} is not usable ({exc}); it will be replaced")
 
     def after_epoch(self, learn: Learner) -> None:
         if not learn.last_pass:
             return
-        # imported here: safetensors loads when a checkpoint is first written, not on import
         from handgrad.train.checkpoint import save_learner
 
         value = metric_value(learn, self.monitor)
-        better = improved(value, self.best, self.mode)
-        if better:
+        if improved(value, self.best, self.mode):
+            save_learner(self.best_path, learn, self.info)
             self.best, self.best_epoch = value, learn.epoch + 1
         if self.save_last:
             save_learner(self.last_path, learn, self.info)
-        if better:
-            save_learner(self.best_path, learn, self.info)
-
-    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        return {}, {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
-        self.best, self.best_epoch = meta["best"], meta["best_epoch"]

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from handgrad.train.callbacks.metrics import Metrics, detached
-from handgrad.train.learner import Callback, Learner
+from handgrad.train.loop import Callback, Loop
+from handgrad.train.reporting.averages import Metrics, detached
 
 
 class Recorder(Callback):
@@ -27,26 +27,28 @@ class Recorder(Callback):
     name = "recorder"
 
     def __init__(self) -> None:
+        self.smoothing = 0.0  # the training loss's label smoothing (epoch lines name it)
         self.history: list[dict[str, float]] = []
         self.step_loss: list[float] = []
         self.step_lr: list[float] = []
 
-    def before_fit(self, learn: Learner) -> None:
+    def before_fit(self, learn: Loop) -> None:
         if learn.epoch == 0:  # a fresh run; a resumed one keeps the history it loaded
             self.history, self.step_loss, self.step_lr = [], [], []
 
-    def before_epoch(self, learn: Learner) -> None:
+    def before_epoch(self, learn: Loop) -> None:
         if learn.training:
+            self.smoothing = float(getattr(learn.loss_fn, "label_smoothing", 0.0) or 0.0)
             self._start = time.perf_counter()
             self._losses: list[Tensor] = []
             self._lrs: list[float] = []
 
-    def after_batch(self, learn: Learner) -> None:
+    def after_batch(self, learn: Loop) -> None:
         if learn.training:
             self._losses.append(detached(learn.loss))
             self._lrs.append(float(learn.opt.lr))
 
-    def after_epoch(self, learn: Learner) -> None:
+    def after_epoch(self, learn: Loop) -> None:
         if learn.training and self._losses:
             self.step_loss += torch.stack(self._losses).float().tolist()
             self.step_lr += self._lrs
