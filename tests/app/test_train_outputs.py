@@ -218,3 +218,25 @@ def test_a_logger_that_cannot_log_is_refused_before_training(
     r = train(tiny, tmp_path / "run", "--logger", names)
     one_line_error(r, "--logger" if "wandb" in names else "tensorboard")
     assert "epoch 1" not in r.out and not (tmp_path / "run" / "last.json").exists()
+
+
+def test_evaluate_report_and_predict_check_their_outputs_first(
+    two_epochs: Path, tmp_path: Path
+) -> None:
+    """Each names its bad output in one line before it loads data or runs the model."""
+    ckpt, a_file = str(two_epochs / "best.safetensors"), tmp_path / "a-file"
+    a_file.write_text("x")
+    png = tmp_path / "digit.png"
+    png.write_bytes((two_epochs / "history.png").read_bytes())
+    before = sorted(tmp_path.rglob("*"))
+    cases = [
+        (("evaluate", ckpt, "--out", str(tmp_path)), "is a folder"),
+        (("evaluate", ckpt, "--out", "/proc/c.png"), "cannot write in /proc"),
+        (("report", str(two_epochs), "--out", str(tmp_path)), "is a folder"),
+        (("predict", ckpt, str(png), "--show", str(a_file)), "is a file, not a folder"),
+    ]
+    for argv, message in cases:
+        r = run_cli(*argv)
+        one_line_error(r, argv[-2], message)
+        assert "accuracy" not in r.out and "wrote" not in r.out
+    assert sorted(tmp_path.rglob("*")) == before

@@ -101,6 +101,7 @@ def train(
         callbacks=[stop] if stop else [],
         ctx=ctx,
     )
+    created = main and not out.exists()
     if main:  # the data loaded and the model built: only now is an old run replaced
         if config.overwrite:
             clear_run(out)
@@ -127,10 +128,12 @@ def train(
     started = time.perf_counter()
     try:
         learn.fit(config.epochs, start_epoch=start_epoch, start_step=start_step)
-    except KeyboardInterrupt:
+    except BaseException as exc:
         last = out / "last.safetensors"
-        if last.exists():
+        if isinstance(exc, KeyboardInterrupt) and last.exists():
             say(console, f"interrupted; continue with: handgrad train --resume {last}")
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a run that saved nothing leaves no empty folder behind
         raise
     seconds = time.perf_counter() - started
     if not main:

@@ -20,6 +20,7 @@ from typing import Any
 from rich.table import Table
 
 from handgrad.app.commands.options import add_data_source
+from handgrad.app.outputs import check_file, check_folder
 from handgrad.app.plots.training import plot_confusion
 from handgrad.app.ui import download_bar, make_console
 from handgrad.data import load_dataset
@@ -58,6 +59,10 @@ def add(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     console = make_console()
     trained = load_trained(args.checkpoint)
+    if args.out:  # checked before the data is loaded and the model run
+        check_file(args.out, "--out")
+    else:
+        check_folder(trained.ckpt.path.parent, "--out (default: beside the checkpoint)")
     data_name = args.data or trained.data.get("source") or trained.data["name"]
     if args.data is None and not Path(str(data_name)).exists():
         data_name = trained.data["name"]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from handgrad._io import write_bytes
+from handgrad.app.outputs import check_folder
 from handgrad.app.ui import make_console
 from handgrad.errors import HandgradError
 from handgrad.train.inference import Trained, load_trained, prepare_image, top_k
@@ -82,13 +83,11 @@ def _line(path: str, trained: Trained, row: torch.Tensor, top: int) -> str:
 
 def _show_folder(text: str) -> Path:
     """The ``--show`` folder, created; checked before any image is read."""
-    folder = Path(text).expanduser()
+    folder = check_folder(Path(text).expanduser(), "--show", given=text)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise HandgradError(f"--show {folder}: is a file, not a folder; give a folder") from None
-    except OSError as exc:
-        raise HandgradError(f"--show {folder}: cannot create it ({exc.strerror})") from None
+    except OSError as exc:  # a race, or a file system that refuses mkdir where it allows files
+        raise HandgradError(f"--show {text}: cannot create it ({exc.strerror})") from None
     return folder
 
 

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from handgrad._io import write_text
+from handgrad.app.outputs import check_file
 from handgrad.app.report import read_run, render_report
 from handgrad.app.text import plural
 from handgrad.app.ui import make_console
@@ -33,7 +34,7 @@ def add(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     console = make_console()
     info = read_run(args.run_dir)
-    target = args.out or info.run_dir / "report.html"
+    target = check_file(args.out or info.run_dir / "report.html", "--out")
     path = write_text(target, render_report(info, title=args.title))
     size = path.stat().st_size
     console.print(
