@@ -76,6 +76,7 @@ def test_models_are_described_by_their_layers() -> None:
 
     assert described("mlp", hidden=(32, 16)) == "784-32-16-10"
     assert described("cnn") == "784-conv16-conv32/2-conv64/2-conv128/2-conv128-avgpool-10"
+    assert described("resnet") == "784-conv16-res16-res32/2-res64/2-res128/2-avgpool-10"
 
 
 def test_check_table_fits_80_columns_with_whole_names() -> None:

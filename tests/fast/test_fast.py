@@ -201,8 +201,8 @@ def readable_training(model, loss_fn, opt, data, lrs):
         ({}, True, "ce"),
         ({"weight_decay": 0.05}, True, "ce-smooth"),
         ({}, True, "mse"),
-        ({"momentum": 0.9}, False, "ce"),  # momentum has buffers: a Python step after C++
-        ({"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, False, "ce"),
+        ({"momentum": 0.9}, True, "ce"),  # the buffer updated in the same loop as the weight
+        ({"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, True, "ce"),
     ],
 )
 def test_step_with_optimizer_matches_the_readable_loop(compiled, opt_kw, fused, loss) -> None:

@@ -138,3 +138,24 @@ def test_a_callback_that_reads_gradients_turns_the_fused_update_off() -> None:
     assert not learn.fused
     learn.fit(1)
     assert len(events.grad_norms) == 2 and all(n > 0 for n in events.grad_norms)
+
+
+def test_the_non_finite_guard_keeps_the_update_fused_and_still_stops_a_nan() -> None:
+    """``NonFiniteGuard`` (in every ``handgrad train``) only reads: the update stays fused, and
+    a NaN in the data still stops training at that batch, weights never saved non-finite."""
+    if not fast.fast_path_status()[0]:
+        pytest.skip("the fast path cannot be built here")
+    from handgrad.optim.optimizers import AdamW
+    from handgrad.train.callbacks.guards import NonFiniteError, NonFiniteGuard
+
+    x, y = make_data(256, 0)
+    x[130, 5] = float("nan")  # in the third batch
+    model = build_model("mlp", generator=torch.Generator().manual_seed(0), hidden=(8,))
+    learn = FastLearner(
+        model, CrossEntropyLoss(), AdamW(model.parameters()), Batches(x, y, 64), None,
+        callbacks=[NonFiniteGuard()],
+    )  # fmt: skip
+    assert learn.fused
+    with pytest.raises(NonFiniteError):
+        learn.fit(1)
+    assert learn.batch_idx == 2

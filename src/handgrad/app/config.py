@@ -22,6 +22,7 @@ from handgrad.nn.models import MODELS
 from handgrad.optim.optimizers import OPTIMIZERS
 from handgrad.train.checkpoint import Checkpoint, load_checkpoint
 from handgrad.train.recipes import recipe_for
+from handgrad.train.subnormals import POLICIES
 
 #: Options that may change when a run is resumed; every other one comes from the checkpoint.
 RESUMABLE = (
@@ -73,11 +74,14 @@ class TrainConfig:
     resume: str | None = None
     plots: str | None = None  # folder for every plot (handgrad.app.plots.run)
     threads: str = "auto"
-    fast: bool = False  # FastLearner: the same run, its steps through the compiled fast path
+    fast: bool = True  # FastLearner: the same run, its steps through the compiled fast path
     overwrite: bool = False  # replace a run already in --out (handgrad.app.outputs)
     data_dir: str | None = None  # cache folder of named datasets (load_dataset's data_dir)
     no_download: bool = False
     logger: str = "csv"  # per-epoch logs in the run folder (handgrad.train.callbacks.make_loggers)
+    # "flush" subnormal floats to zero while training on the CPU, or "keep" them (IEEE). Part
+    # of the recipe: the numbers differ slightly, so a resumed run keeps its saved policy.
+    subnormals: str = "flush"
     schedule_from: int = 0  # the schedule spans epochs [schedule_from, schedule_until)
     schedule_until: int | None = None  # None: to the end of the run (epochs)
 
@@ -132,6 +136,10 @@ def check_config(c: TrainConfig) -> None:
         (c.patience is None or c.patience >= 1, f"--patience {c.patience}: must be >= 1"),
         (c.dropout is None or 0 <= c.dropout < 1, f"--dropout {c.dropout}: must be in [0, 1)"),
         (c.stop_after is None or c.stop_after >= 1, "--stop-after must be >= 1"),
+        (
+            c.subnormals in POLICIES,
+            f"--subnormals {c.subnormals!r}: choose one of {', '.join(POLICIES)}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -173,6 +181,8 @@ def config_for_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig
             f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may be given"
         )
     saved = dict(saved)
+    # runs saved before the policy existed trained with IEEE subnormals: bit-equal needs that
+    saved.setdefault("subnormals", "keep")
     if saved.get("schedule_until") is None:  # the schedule spans the epochs it was made for
         saved["schedule_until"] = saved.get("epochs")
     merged = saved_config(saved, ckpt.path.with_suffix(".json"))

@@ -12,6 +12,7 @@ its output folder::
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from handgrad.app.text import plural
 from handgrad.data import Dataset
 from handgrad.errors import HandgradError
 from handgrad.nn.module import Module
+from handgrad.train.callbacks import Augment
 from handgrad.train.checkpoint import restore_learner
 from handgrad.train.learner import Callback, CancelFitException, Learner
 
@@ -69,12 +71,14 @@ def train(
     given: set[str] = frozenset(),  # type: ignore[assignment]
     dataset: Dataset | None = None,
     ctx: DistContext | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Run ``handgrad train``; returns the final metrics (also written to metrics.json).
 
     With ``ctx``, this is one rank of a data-parallel run (see :func:`build_run`): only rank 0
     prints, writes checkpoints, the plot and metrics.json (``config.out`` must then be set, so
-    that every rank agrees on it); the others return ``{}``.
+    that every rank agrees on it); the others return ``{}``. ``callbacks`` join the learner's
+    (``handgrad serve`` streams the run to the browser through one).
     """
     main = ctx is None or ctx.is_main
     ckpt = None
@@ -98,7 +102,7 @@ def train(
         dataset=dataset,
         console=console if main else None,
         out=out if main else None,
-        callbacks=[stop] if stop else [],
+        callbacks=[*callbacks, *([stop] if stop else [])],
         ctx=ctx,
     )
     created = main and not out.exists()
@@ -186,16 +190,25 @@ def train(
 
 def describe_model(model: Module, n_features: int) -> str:
     """``784-512-256-10, 535,818 parameters``: the input, each linear or convolutional layer's
-    width (``conv32/2``: 32 channels, stride 2), pooling, and the parameter count."""
+    width (``conv32/2``: 32 channels, stride 2; ``res64/2``: a residual block, its inner
+    layers not listed again), pooling, and the parameter count."""
     n_params = sum(p.numel() for p in model.parameters())
     parts = [str(n_features)]
-    for m in model.modules():
+    inside: list[str] = []  # names of the blocks described whole
+    for name, m in model.named_modules():
+        if any(name.startswith(block + ".") for block in inside):
+            continue
         if isinstance(getattr(m, "out_features", None), int):
             parts.append(str(m.out_features))
         elif isinstance(getattr(m, "out_channels", None), int):
             geometry = getattr(m, "geometry", None)
-            stride = geometry.stride[0] if geometry is not None else 1
-            parts.append(f"conv{m.out_channels}" + (f"/{stride}" if stride != 1 else ""))
+            stride = geometry.stride[0] if geometry is not None else getattr(m, "stride", 1)
+            stride = stride[0] if isinstance(stride, tuple) else stride
+            block = "Res" in type(m).__name__
+            if block:
+                inside.append(name)
+            label = "res" if block else "conv"
+            parts.append(f"{label}{m.out_channels}" + (f"/{stride}" if stride != 1 else ""))
         elif "Pool" in (kind := type(m).__name__):
             parts.append("avgpool" if "Avg" in kind else "maxpool")
     return f"{'-'.join(parts)}, {n_params:,} parameters"
@@ -206,8 +219,13 @@ def _print_header(console: Console, run: Run, start_epoch: int) -> None:
     shape = "x".join(map(str, ds.image_shape))
     steps = len(run.learn.train_dl)  # type: ignore[arg-type]
     extras = []
-    if c.shift:
-        extras.append(f"random shifts ±{c.shift} px")
+    augment = next((cb for cb in run.learn.callbacks if isinstance(cb, Augment)), None)
+    if augment is not None and augment.max_shift:
+        extras.append(f"random shifts ±{augment.max_shift} px")
+    if augment is not None and augment.flip:
+        extras.append("horizontal flips")
+    if augment is not None and augment.erase:
+        extras.append(f"random erasing p={augment.erase:g}")
     if c.label_smoothing:
         extras.append(
             f"label smoothing {c.label_smoothing:g} (in train_loss; valid_loss is without it)"

@@ -21,8 +21,10 @@ from handgrad.app.progress import Progress
 from handgrad.app.threads import resolve_threads
 from handgrad.app.ui import download_bar
 from handgrad.data import DataLoader, Dataset, load_dataset
+from handgrad.data.augment import flips_allowed
 from handgrad.errors import HandgradError
 from handgrad.fast.learner import FastLearner
+from handgrad.fast.plan import make_plan
 from handgrad.nn.models import build_model
 from handgrad.optim.optimizers import OPTIMIZERS
 from handgrad.optim.schedules import make_schedule
@@ -204,11 +206,15 @@ def build_run(
         cbs.append(ValidLoss(make_loss(recipe_loss)))
     if for_training:
         cbs.append(LRScheduler(schedule))  # type: ignore[arg-type]
-        if config.shift and len(dataset.image_shape) == 3:
+        recipe = recipe_for(config.model)  # flips and erasing: the recipe's, not options yet
+        flip = recipe.flip and flips_allowed(dataset.classes)  # never mirror digits
+        if (config.shift or flip or recipe.erase) and len(dataset.image_shape) == 3:
             fill = -mean / std  # the background (pixel 0) after normalisation
             cbs.append(
                 Augment(
                     config.shift,
+                    flip=flip,
+                    erase=recipe.erase,
                     seed=config.seed + rank,
                     image_shape=dataset.image_shape,
                     fill=fill,
@@ -223,8 +229,12 @@ def build_run(
             cbs.append(Progress(console, quiet=config.quiet))
     cbs += callbacks or []
     learner: type[Learner] = Learner
-    if config.fast:
+    if config.fast and not make_plan(model, loss_fn).reason:
+        # the default: a model the fast path cannot run (a cnn) trains as usual, without a word
         learner = FastLearner
     # quiet: the CLI reports through its own Progress (rich), or not at all (other ranks, lr-find)
-    learn = learner(model, loss_fn, opt, train_dl, valid_dl, cbs, device=device, quiet=True)
+    learn = learner(
+        model, loss_fn, opt, train_dl, valid_dl, cbs,
+        device=device, quiet=True, subnormals=config.subnormals,
+    )  # fmt: skip
     return Run(config, dataset, learn, info, out, recipe_loss, schedule)

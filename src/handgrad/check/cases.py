@@ -32,6 +32,7 @@ from handgrad.nn.layers import (
     MaxPool2d,
     Mish,
     ReLU,
+    ResBlock,
     Reshape,
     Sigmoid,
     SiLU,
@@ -148,6 +149,32 @@ def symbolic(formula: str) -> Module:
     return Activation.from_sympy(formula)
 
 
+def resblock(c: int, o: int, stride: int) -> Maker:
+    """A ``ResBlock`` whose batch norms have non-trivial ``gamma`` and ``beta`` (the second
+    one's ``gamma`` at 0 or 1 would hide the main path or leave terms unexercised)."""
+
+    def make(g: torch.Generator) -> Module:
+        m = ResBlock(c, o, stride, generator=g)
+        for bn in (m.bn1, m.bn2, m.skip_bn):
+            if bn is not None:
+                with torch.no_grad():
+                    bn.weight.copy_(torch.randn(o, generator=g))
+                    bn.bias.copy_(torch.randn(o, generator=g))
+        return m
+
+    return make
+
+
+def resblock_reference(m: ResBlock, x: Tensor) -> Tensor:
+    """``relu(F(x) + S(x))`` from torch.nn.functional, batch statistics as in training."""
+    h = batchnorm_relu_reference(m.bn1, conv_reference(m.conv1, x))
+    main = batchnorm_reference(m.bn2, conv_reference(m.conv2, h))
+    skip = (
+        x if m.skip_conv is None else batchnorm_reference(m.skip_bn, conv_reference(m.skip_conv, x))
+    )
+    return TF.relu(main + skip)
+
+
 def tiny_cnn(g: torch.Generator) -> Module:
 
     return build_model("cnn", in_features=36, channels=(2, 3), strides=(1, 2), generator=g)
@@ -215,6 +242,12 @@ CASES: list[Case] = [
          randn(4, 5), lambda m, x: TF.mish(x)),
     Case("sympy x/(1+exp(-x))", lambda g: symbolic("x / (1 + exp(-x))"), randn(4, 5),
          lambda m, x: TF.silu(x)),
+    # residual blocks: the input used twice (main and skip path), gradients summed
+    Case("ResBlock identity skip", resblock(3, 3, 1), randn(2, 3, 5, 5), resblock_reference),
+    Case("ResBlock stride 2, 1x1 projection", resblock(2, 4, 2), randn(2, 2, 6, 6),
+         resblock_reference),
+    Case("resnet model (tiny)", lambda g: build_model("resnet", in_features=36, stem=2,
+         channels=(2, 3), strides=(1, 2), zero_init=False, generator=g), randn(3, 36)),
     # a whole (tiny) cnn: reshape, conv, batch norm, ReLU, pooling, dropout, linear
     Case("cnn model (tiny)", tiny_cnn, randn(2, 36)),
 ]  # fmt: skip

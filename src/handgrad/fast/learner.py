@@ -9,11 +9,12 @@ the same order and sees the same state; the one difference is timing: a callback
 changes ``learn.preds`` in ``after_predict`` no longer changes the loss (use the plain
 ``Learner`` for that).
 
-With plain SGD (no momentum), and no callback listening between the forward pass and the
-end of the update (``after_predict``, ``after_loss``, ``after_backward``, ``after_step``: the
-events that could look at, change or veto a gradient), the update is folded into the same
-compiled call as well (``FastStep(model, loss_fn, opt)``), so no gradient is ever written
-out; ``opt_step`` then has nothing left to do. Adding such a callback turns this off.
+With SGD, Adam or AdamW (see :class:`~handgrad.fast.FastStep`), and no callback listening
+between the forward pass and the end of the update (``after_predict``, ``after_loss``,
+``after_backward``, ``after_step``: the events that could look at, change or veto a
+gradient), the update is folded into the same compiled call as well (``FastStep(model,
+loss_fn, opt)``), so no gradient is ever written out; ``opt_step`` then has nothing left to
+do. Adding such a callback turns this off.
 
 Validation batches use the compiled forward pass. A model the fast path does not support
 trains through the readable path (with a one-line notice), with the same results.
@@ -31,6 +32,7 @@ from typing import Any
 from torch import Tensor
 
 from handgrad.fast import FastStep
+from handgrad.train.callbacks.guards import NonFiniteGuard
 from handgrad.train.learner import Learner
 
 
@@ -60,7 +62,15 @@ class FastLearner(Learner):
         super()._rebuild_handlers()
         # Whether any callback listens between a forward pass and its finished update; the
         # handlers change only here, so a batch checks one flag instead of four lists.
-        self._listening = any(self._handlers[e] for e in self.GRADIENT_EVENTS)
+        # NonFiniteGuard (on in every `handgrad train`) only reads, and still guards a fused
+        # step: a NaN/Inf loss or gradient reaches the updated weights, which it checks at the
+        # same batch's after_backward, before any checkpoint (its message then names the
+        # weight, not the gradient).
+        self._listening = any(
+            type(getattr(h, "__self__", None)) is not NonFiniteGuard
+            for e in self.GRADIENT_EVENTS
+            for h in self._handlers[e]
+        )
 
     def predict(self) -> None:
         if self.training:

@@ -18,7 +18,8 @@ Two different things, both needed by a user who mixes the two libraries:
    a handgrad ``Sequential`` (of ``Linear``, ``Conv2d``, ``BatchNorm1d/2d``, ``LayerNorm``,
    pooling, ``Dropout``, ``Flatten``/``Reshape`` and the activations PyTorch also has) becomes
    an ``nn.Sequential`` of the matching ``torch.nn`` layers with the same function, weights and
-   running statistics, and back; the built-in ``mlp`` and ``cnn`` models convert whole.
+   running statistics, and back; the built-in ``mlp``, ``cnn`` and ``resnet`` models convert
+   whole (a ``ResBlock`` becomes a :class:`TorchResBlock` of converted sub-layers).
    Linear's weight is stored (in, out) here, the lesson's layout, and (out, in) in PyTorch: it
    is transposed on the way. The mapping is a table, :data:`CONVERSIONS`; a new layer pair is
    one ``register(...)`` call, and the tests check every pair on the ``handgrad check`` cases.
@@ -60,6 +61,7 @@ from handgrad.nn.layers import (
     MaxPool2d,
     Mish,
     ReLU,
+    ResBlock,
     Reshape,
     Sigmoid,
     SiLU,
@@ -74,6 +76,7 @@ __all__ = [
     "HandgradFunction",
     "TorchGlobalAvgPool",
     "TorchModule",
+    "TorchResBlock",
     "as_function",
     "from_torch",
     "functional_call",
@@ -147,6 +150,50 @@ class TorchBatchNormReLU2d(nn.BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(super().forward(x))
+
+
+class TorchResBlock(nn.Module):
+    """The twin of handgrad's ``ResBlock``: ``relu(bn2(conv2(bn1(conv1(x)))) + skip(x))``
+    with ``skip`` the identity or ``skip_bn(skip_conv(x))``; the same sub-layer names, so the
+    same state-dict names. PyTorch's autograd sums the two paths' gradients of ``x``."""
+
+    def __init__(
+        self,
+        conv1: nn.Module,
+        bn1: nn.Module,
+        conv2: nn.Module,
+        bn2: nn.Module,
+        skip_conv: nn.Module | None = None,
+        skip_bn: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.conv2, self.bn2 = conv1, bn1, conv2, bn2
+        self.skip_conv, self.skip_bn = skip_conv, skip_bn
+
+    def forward(self, x: Tensor) -> Tensor:
+        main = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        skip = x if self.skip_conv is None else self.skip_bn(self.skip_conv(x))  # type: ignore[misc]
+        return torch.relu(main + skip)
+
+
+def _resblock_to_torch(m: ResBlock) -> TorchResBlock:
+    parts = [m.conv1, m.bn1, m.conv2, m.bn2, m.skip_conv, m.skip_bn]
+    return TorchResBlock(*(None if p is None else to_torch(p) for p in parts))
+
+
+def _resblock_from_torch(t: TorchResBlock) -> ResBlock:
+    conv1 = from_torch(t.conv1)
+    _only_if(isinstance(conv1, Conv2d), f"{t} (conv1 must be an nn.Conv2d)")
+    c, o, stride = conv1.in_channels, conv1.out_channels, conv1.geometry.stride[0]  # type: ignore[attr-defined]
+    out = ResBlock(c, o, stride)
+    _only_if((out.skip_conv is None) == (t.skip_conv is None), f"{t} (skip path)")
+    out.conv1, out.bn1, out.conv2, out.bn2 = (
+        conv1,
+        *(from_torch(p) for p in (t.bn1, t.conv2, t.bn2)),
+    )  # type: ignore[assignment]
+    if t.skip_conv is not None:
+        out.skip_conv, out.skip_bn = from_torch(t.skip_conv), from_torch(t.skip_bn)  # type: ignore[assignment,arg-type]
+    return out
 
 
 def _only_if(ok: bool, what: str) -> None:
@@ -224,6 +271,8 @@ register(SiLU, nn.SiLU, lambda m: nn.SiLU(), lambda t: SiLU())
 register(Mish, nn.Mish, lambda m: nn.Mish(), lambda t: Mish())
 register(GELU, nn.GELU, lambda m: nn.GELU(m.approximate), lambda t: GELU(t.approximate))
 register(Softmax, nn.Softmax, lambda m: nn.Softmax(m.dim), lambda t: Softmax(t.dim))
+# composite: the sub-layers are converted (weights copied) by the builders themselves
+register(ResBlock, TorchResBlock, _resblock_to_torch, _resblock_from_torch)
 # fmt: on
 
 

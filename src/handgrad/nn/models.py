@@ -21,6 +21,7 @@ from handgrad.nn.layers import (
     Identity,
     Linear,
     ReLU,
+    ResBlock,
     Reshape,
 )
 from handgrad.nn.module import Module, Sequential
@@ -121,7 +122,72 @@ def cnn(
     return Sequential(*layers)
 
 
-MODELS: dict[str, Callable[..., Module]] = {"lesson": lesson, "mlp": mlp, "cnn": cnn}
+def resnet(
+    in_features: int = 784,
+    n_classes: int = 10,
+    *,
+    stem: int = 16,
+    channels: Sequence[int] = (16, 32, 64, 128),
+    strides: Sequence[int] = (1, 2, 2, 2),
+    dropout: float = 0.1,
+    zero_init: bool = True,
+    method: Method = "auto",
+    generator: torch.Generator | None = None,
+) -> Module:
+    """A small residual network for 28x28 one-channel images given as (N, 784) rows.
+
+    A stem ``Conv2d(3x3, no bias) -> BatchNormReLU2d``, then one
+    :class:`~handgrad.nn.layers.ResBlock` per entry of ``channels`` (stride-2 blocks halve the
+    resolution, their skip path a 1x1 projection), a global average pool, dropout and a linear
+    head::
+
+        (N, 784) -> (N, 1, 28, 28) -> 16@28x28 -> [16@28x28 -> 32@14x14 -> 64@7x7 -> 128@4x4]
+                 -> (N, 128) -> (N, 10)
+
+    About 309,000 parameters and 13.0 million multiply-adds per image forward with the
+    defaults (``print(model.summary((784,)))`` shows both), 2.4 times the ``cnn``'s work.
+
+    Init: the convolutions are Kaiming-initialised (they feed ReLUs), the head with gain 1;
+    batch norms start at ``gamma = 1, beta = 0`` except each block's second one, whose
+    ``gamma`` starts at 0 with ``zero_init=True`` (the default): every block then starts as
+    its skip path, so the untrained network is a shallow one and the residual branches grow
+    from zero (Goyal et al. 2017).
+    """
+    side = math.isqrt(in_features)
+    if side * side != in_features:
+        raise ValueError(
+            f"resnet: in_features={in_features} is not a square image (28x28 = 784 pixels); the "
+            "resnet model needs square one-channel images"
+        )
+    if len(channels) != len(strides) or not channels:
+        raise ValueError(
+            f"resnet: give one stride per block: channels={channels}, strides={strides}"
+        )
+    layers: list[Module] = [
+        Reshape(1, side, side),
+        Conv2d(1, stem, 3, padding=1, bias=False, method=method, keep_cols=False,
+               generator=generator),
+        BatchNormReLU2d(stem),
+    ]  # fmt: skip
+    width = stem
+    for out, stride in zip(channels, strides, strict=True):
+        layers.append(
+            ResBlock(width, out, stride, method=method, zero_init=zero_init, generator=generator)
+        )
+        width = out
+    layers.append(GlobalAvgPool())
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers.append(Linear(width, n_classes, nonlinearity="linear", generator=generator))
+    return Sequential(*layers)
+
+
+MODELS: dict[str, Callable[..., Module]] = {
+    "lesson": lesson,
+    "mlp": mlp,
+    "cnn": cnn,
+    "resnet": resnet,
+}
 
 
 def build_model(name: str, **kwargs: object) -> Module:

@@ -1,5 +1,6 @@
-"""``summary(model, input_shape)``: a model's layers, the shape each one outputs and its
-parameter count, found by running one zero example through it (``model.summary(...)``)."""
+"""``summary(model, input_shape)``: a model's layers, the shape each one outputs, its
+parameter count and the multiply-adds of one example's forward, found by running one zero
+example through it (``model.summary(...)``)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Row:
     kind: str
     shape: tuple[int | str, ...] | None
     params: int
+    macs: int = 0  # multiply-adds of one example's forward, its children's included
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,11 @@ class Summary:
     @property
     def total_params(self) -> int:
         return self.rows[0].params
+
+    @property
+    def total_macs(self) -> int:
+        """Multiply-adds of one example's forward pass (FLOPs are about twice this)."""
+        return self.rows[0].macs
 
     def __str__(self) -> str:
         table = [("layer", "output shape", "params")]
@@ -64,7 +71,8 @@ class Summary:
         model = self.rows[0]
         head = f"{model.kind}: input {_shape_text(('N', *self.input_shape))}"
         foot = f"{model.params:,} parameters, output {_shape_text(model.shape or ())}"
-        return "\n".join([head, rule, lines[0], rule, *lines[1:], rule, foot])
+        work = f"{_millions(model.macs)} multiply-adds per example forward (FLOPs: twice that)"
+        return "\n".join([head, rule, lines[0], rule, *lines[1:], rule, work, foot])
 
 
 def summary(model: Model, input_shape: Sequence[int]) -> Summary:
@@ -104,6 +112,7 @@ def summary(model: Model, input_shape: Sequence[int]) -> Summary:
         for m, training in flags:
             m.training = training
     names = {name for name, _ in modules}
+    own = {id(m): _product_macs(m, outputs.get(id(m))) for _, m in modules}
     rows = [
         Row(
             name,
@@ -111,10 +120,34 @@ def summary(model: Model, input_shape: Sequence[int]) -> Summary:
             type(m).__name__,
             _batch_shape(outputs.get(id(m))),
             sum(p.numel() for p in m.parameters()),
+            sum(own[id(sub)] for sub in m.modules()),
         )
         for name, m in modules
     ]
     return Summary(rows, shape)
+
+
+def _product_macs(module: Any, out: Any) -> int:
+    """Multiply-adds of one product layer (a ``Linear`` or ``Conv2d``: it has ``in_features``
+    or ``in_channels`` and a weight of two or more axes) for its output ``out`` of one example:
+    each output value is a dot product of ``weight.numel() / out_channels`` terms (``in`` for
+    a linear layer, ``C/G * kh * kw`` for a convolution), whatever the weight's layout.
+    Other layers (norms, activations, pooling) are counted as 0: their work is linear in the
+    activations, small beside the products."""
+    weight = getattr(module, "weight", None)
+    if (
+        not isinstance(out, Tensor)
+        or out.dim() < 2
+        or not isinstance(weight, Tensor)
+        or weight.dim() < 2
+        or not (hasattr(module, "in_features") or hasattr(module, "in_channels"))
+    ):
+        return 0
+    return out.numel() * weight.numel() // out.shape[1]
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:,.1f} million" if n >= 100_000 else f"{n:,}"
 
 
 def _depth(name: str, names: set[str]) -> int:

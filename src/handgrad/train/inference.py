@@ -6,8 +6,10 @@ image shape, the class names and the normalisation (mean and std of the training
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from handgrad.data.augment import flips_allowed
 from handgrad.errors import HandgradError
 from handgrad.nn.models import MODELS, build_model
 from handgrad.nn.module import Module
@@ -99,6 +102,7 @@ class Evaluation:
     accuracy: float
     confusion: np.ndarray  # (classes, classes): rows true class, columns prediction
     n: int
+    tta_accuracy: float | None = None  # with test-time augmentation (evaluate(..., tta=True))
 
 
 def predicted_classes(outputs: Tensor, loss_name: str, n_classes: int) -> Tensor:
@@ -107,9 +111,42 @@ def predicted_classes(outputs: Tensor, loss_name: str, n_classes: int) -> Tensor
     return outputs.argmax(1)
 
 
-def evaluate(trained: Trained, x: Tensor, y: Tensor) -> Evaluation:
-    """Loss (without label smoothing), accuracy and confusion matrix on raw pixels ``x``."""
+def flip_rows(x: Tensor, image_shape: Sequence[int]) -> Tensor:
+    """Each image of ``x`` (N, C*H*W) mirrored left to right."""
+    c, h, w = (int(s) for s in image_shape)
+    return x.reshape(len(x), c, h, w).flip(3).reshape(len(x), c * h * w)
+
+
+def tta_probabilities(trained: Trained, x: Tensor) -> Tensor:
+    """Test-time augmentation: the softmax probabilities of each normalised row of ``x``
+    (N, C*H*W), averaged over the image and its mirror image, ``(p(x) + p(flip(x))) / 2``
+    (N, classes). Only for classes that keep their meaning in a mirror (see
+    :func:`handgrad.data.augment.flips_allowed`); the caller checks."""
+    plain = torch.softmax(trained.predict(x).double(), dim=1)  # (N, classes)
+    mirrored = trained.predict(flip_rows(x, trained.data["image_shape"]))
+    return (plain + torch.softmax(mirrored.double(), dim=1)) / 2  # (N, classes)
+
+
+def check_tta(trained: Trained) -> None:
+    """Raise :class:`HandgradError` when test-time flips make no sense for this model."""
+    if trained.loss_name == "mse":
+        raise HandgradError(
+            "--tta: this model regresses the class index; TTA averages class "
+            "probabilities, which it has none of; leave --tta out"
+        )
+    if not flips_allowed(trained.data["classes"]):
+        raise HandgradError(
+            "--tta: flips images left to right, which changes digits (only "
+            "Fashion-MNIST's classes keep their meaning); leave --tta out"
+        )
+
+
+def evaluate(trained: Trained, x: Tensor, y: Tensor, *, tta: bool = False) -> Evaluation:
+    """Loss (without label smoothing), accuracy and confusion matrix on raw pixels ``x``; with
+    ``tta``, also the accuracy of :func:`tta_probabilities` (the rest stays the plain model's)."""
     n_classes = len(trained.data["classes"])
+    if tta:
+        check_tta(trained)
     outputs = trained.predict(trained.normalize(x))
     loss_fn = make_loss(trained.loss_name).eval()
     with torch.no_grad():
@@ -117,7 +154,11 @@ def evaluate(trained: Trained, x: Tensor, y: Tensor) -> Evaluation:
         acc = float(metric_for(trained.loss_name)(outputs, y))
     pred = predicted_classes(outputs, trained.loss_name, n_classes)
     counts = torch.bincount(y * n_classes + pred, minlength=n_classes * n_classes)
-    return Evaluation(loss, acc, counts.reshape(n_classes, n_classes).numpy(), len(y))
+    tta_acc = None
+    if tta:
+        probs = tta_probabilities(trained, trained.normalize(x))
+        tta_acc = float((probs.argmax(1) == y).double().mean()) if len(y) else math.nan
+    return Evaluation(loss, acc, counts.reshape(n_classes, n_classes).numpy(), len(y), tta_acc)
 
 
 # ------------------------------------------------------------------------------------ images

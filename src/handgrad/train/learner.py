@@ -39,7 +39,7 @@ class Learner(Loop):
 
     Args:
         *args, **kwargs: ``Loop``'s (``model, loss_fn, opt, train_dl, valid_dl=None,
-            callbacks=(), device="cpu"``).
+            callbacks=(), device="cpu", subnormals="flush"``).
         quiet: print nothing (metrics and history are still kept).
 
     Example:

@@ -24,6 +24,11 @@ No autograd is involved: ``fit`` runs under ``torch.no_grad()``; ``backward`` as
 the model for their hand-written gradients, and the optimizer reads ``param.g``. Nothing is
 synchronised with ``.item()`` per batch here; callbacks that need numbers accumulate tensors and
 read them once per epoch (or per progress refresh).
+
+On the CPU ``fit`` flushes subnormal floats to zero (``subnormals="flush"``, the default; see
+:mod:`handgrad.train.subnormals`: they slow Adam's later epochs by half and change nothing that
+matters) and restores the previous setting when it returns or raises; ``subnormals="keep"``
+trains with IEEE subnormals.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from torch import Tensor
 
 from handgrad.nn.module import Module
+from handgrad.train.subnormals import check_policy, subnormal_policy
 
 #: Every event a callback may handle, in the order they first occur.
 EVENTS = (
@@ -105,6 +111,8 @@ class Loop:
         valid_dl: validation batches, or ``None`` to skip validation.
         callbacks: :class:`Callback` objects (see :data:`EVENTS`).
         device: where the model is moved and where batches are moved if they are elsewhere.
+        subnormals: ``"flush"`` (default) flushes subnormal floats to zero during ``fit`` on
+            the CPU; ``"keep"`` keeps IEEE behaviour (the setting before ``fit`` is restored).
 
     During ``fit`` these attributes describe the current state: ``model, opt, loss_fn, epoch``
     (0-based), ``n_epochs, step`` (optimizer steps taken so far), ``batch_idx, xb, yb, preds,
@@ -120,7 +128,10 @@ class Loop:
         valid_dl: Iterable[tuple[Tensor, Tensor]] | None = None,
         callbacks: Iterable[Callback] = (),
         device: torch.device | str = "cpu",
+        subnormals: str = "flush",
     ) -> None:
+        check_policy(subnormals)
+        self.subnormals = subnormals
         self.model, self.loss_fn, self.opt = model, loss_fn, opt
         self.train_dl, self.valid_dl = train_dl, valid_dl
         self.device = torch.device(device)
@@ -223,7 +234,7 @@ class Loop:
         self.epoch = start_epoch
         self.model.to(self.device)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), subnormal_policy(self.subnormals, self.device):
                 self._block("fit", CancelFitException, self._fit_epochs)
         finally:
             self._discard_pending()

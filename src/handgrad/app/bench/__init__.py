@@ -1,7 +1,7 @@
-"""``handgrad bench``: handgrad against PyTorch eager on the workloads W1-W5, in one process,
-the variants taking turns, median of rounds, each handgrad variant checked against PyTorch
-before it is timed. PyTorch's side is what a user writes: ``torch.nn`` modules,
-``loss.backward()`` and ``torch.optim`` with its defaults.
+"""``handgrad bench``: handgrad against PyTorch eager (and the peers: JAX, torch.compile) on
+the workloads W1-W5, in one process, the variants taking turns, median of rounds, each
+handgrad variant and peer checked against PyTorch before it is timed. PyTorch's side is what
+a user writes: ``torch.nn`` modules, ``loss.backward()`` and ``torch.optim`` with its defaults.
 
 One module per job, in the order a run uses them:
 
@@ -10,6 +10,7 @@ One module per job, in the order a run uses them:
     models.py      the same initial weights on both sides, their tensors by name
     jobs.py        one timed variant: W1's gradient pass, the GEMM floor, W5's inference
     training.py    one training epoch (W2-W4), PyTorch's or one of handgrad's paths
+    peers/         the peers a user would pick instead (JAX, torch.compile), as variants
     workloads.py   W1-W5 as lists of variants
     guard.py       the correctness guard: one step compared with PyTorch's
     timing.py      alternating timed rounds, FLOPs, the GEMM peak

@@ -23,6 +23,8 @@ class Config:
     clock: str = "wall"  # "wall" (perf_counter) or "cpu" (process CPU time: steadier when shared)
     seed: int = 0
     device: str = "cpu"  # "cpu" or "cuda[:N]" (checked by the CLI with resolve_device)
+    peers: tuple[str, ...] = ()  # handgrad.app.bench.peers: "jax", "compile"
+    ftz: bool = False  # flush subnormals to zero on every side (else each as shipped)
 
     @property
     def torch_device(self) -> torch.device:

@@ -107,7 +107,7 @@ def measure_memory(cfg: Config, w: Workload, variants: list[Variant]) -> dict[st
 
 def _memory_once(cfg: Config, w: Workload, variants: list[Variant]) -> dict[str, int]:
     spec = {
-        "config": {**asdict(cfg), "only": [w.key]},
+        "config": {**asdict(cfg), "only": [w.key], "peers": []},  # peers: not measured
         "title": w.title,
         "labels": [v.label for v in variants],
     }

@@ -3,10 +3,14 @@ GitHub markdown (for benchmarks/RESULTS.md): the same cells either way."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
+
+from handgrad.app.bench.targets import best_variant, peer_speedups
 
 COLUMNS = ("workload", "variant", "median", "vs torch", "GFLOP/s", "of peak", "peak mem", "check")
 RIGHT = {"median", "vs torch", "GFLOP/s", "of peak", "peak mem"}
@@ -26,7 +30,19 @@ def render(report: dict[str, Any]) -> Any:
     for w in report["workloads"]:
         for i, r in enumerate(w["results"]):
             t.add_row(*_cells(w, i, r), end_section=i == len(w["results"]) - 1)
-    return t
+    header, rows = peer_table(report)
+    if not rows:
+        return t
+    p = Table(
+        title="handgrad against the peers: each peer's median and handgrad's best speed-up over "
+        "it; below, each peer's first step (compilation included, not in the median)",
+        title_justify="left",
+    )
+    for i, col in enumerate(header):
+        p.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        p.add_row(*row)
+    return Group(t, p)
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -46,7 +62,13 @@ def to_markdown(report: dict[str, Any]) -> str:
         for i, r in enumerate(w["results"]):
             cells = [re.sub(r"\[/?red\]", "", c) for c in _cells(w, i, r)]
             lines.append("| " + " | ".join(cells) + " |")
+    header, rows = peer_table(report)
+    if rows:
+        lines += ["", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines.append("")
+    for line in report.get("subnormals", []) + report.get("notes", []):
+        lines.append(f"- {line}")
     for t in report["targets"]:
         lines.append(f"- {'met' if t['met'] else '**missed**'}: {t['target']}: {t['value']}")
     return "\n".join(lines) + "\n"
@@ -82,6 +104,8 @@ def _where(m: dict[str, Any]) -> str:
 
 
 def _fmt_time(median: float, w: dict[str, Any]) -> str:
+    if math.isnan(median):  # not timed (a refused peer)
+        return "-"
     if w["unit"] == "rows/s":
         return f"{w['rows'] / median:,.0f} rows/s"
     return f"{median * 1e3:,.1f} ms"
@@ -107,3 +131,48 @@ def _fmt_guard(r: dict[str, Any]) -> str:
     if g["ok"]:
         return f"ok ({g['error']:.0e})" if g["error"] is not None else "ok"
     return f"[red]WRONG[/red]: {g['detail']}"
+
+
+def peer_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The peers' table: per workload that has peers a row with each peer's median and
+    handgrad's best speed-up over it (peer median / handgrad's), and a row with each peer's
+    first step, compilation included; a column per peer. Empty without peers."""
+    peers: list[str] = []  # each workload's order kept: a new label goes after its predecessor
+    for w in report["workloads"]:
+        prev = None
+        for label in (r["label"] for r in w["results"] if r["role"] == "peer"):
+            if label not in peers:
+                peers.insert(peers.index(prev) + 1 if prev in peers else len(peers), label)
+            prev = label
+    if not peers:
+        return [], []
+    rows = []
+    for w in report["workloads"]:
+        results = {r["label"]: r for r in w["results"]}
+        if not any(label in results for label in peers):
+            continue
+        best, ref = best_variant(w), w["results"][0]
+        speedups = peer_speedups(w)
+        times = [_short(w), _fmt_time(ref["median"], w)]
+        times.append(f"{_fmt_time(best['median'], w)} ({best['label']})" if best else "-")
+        firsts = [f"{w['key']} first step", "", ""]
+        for label in peers:
+            r = results.get(label)
+            if r is None:
+                times.append("-")
+            elif label not in speedups:
+                times.append("refused")
+            else:
+                times.append(f"{_fmt_time(r['median'], w)}, {speedups[label]:.2f}x")
+            first = r["first_step"] if r else None
+            firsts.append("-" if first is None else f"{first:.2f} s")
+        rows += [times, firsts]
+    return ["workload", "torch eager", "handgrad (best)", *peers], rows
+
+
+def _short(w: dict[str, Any]) -> str:
+    """``W3 784-256-128-10 Adam``: a workload's key and what tells it apart, for a narrow
+    table (W1's two rows differ by the input gradient)."""
+    tags = {"with input grad": "input grad", "no input grad": "no input grad"}
+    tag = next((t for k, t in tags.items() if k in w["title"]), "")
+    return f"{w['key']} {tag}".strip()

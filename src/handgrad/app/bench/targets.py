@@ -8,6 +8,8 @@ from typing import Any
 SPEEDUP_GOALS = {"W1": 1.1, "W2": 2.5, "W3": 1.1, "W4": 1.2}  # x faster than torch eager
 FLOOR_RATIO = 1.25  # W1: at most this many times the time of its GEMMs alone
 OVERHEAD = 0.15  # the Learner: at most this much slower than the loop it drives
+#: x faster than the best peer (issue 16): W3 by a margin, the others ahead of every peer.
+PEER_GOALS = {"W1": 1.0, "W2": 1.0, "W3": 1.25, "W4": 1.0}
 
 #: Peak-memory differences up to this many bytes count as equal: RSS moves in pages and
 #: malloc's chunks, and two runs of the same workload differ by this much.
@@ -22,6 +24,7 @@ def targets(workloads: list[dict[str, Any]], *, gpu: bool = False) -> list[dict[
         b = best_variant(w)
         if b is not None:
             out += _speed(w, b, gpu)
+            out += _peers(w, b)
         out += _overheads(w)
         out += _memory(w, gpu)
     return out
@@ -32,6 +35,34 @@ def best_variant(w: dict[str, Any]) -> dict[str, Any] | None:
     hg = [r for r in w["results"] if r["role"] == "handgrad" and r["speedup"] is not None]
     hg = [r for r in hg if not r["baseline"]]
     return max(hg, key=lambda r: r["speedup"], default=None)
+
+
+def peer_speedups(w: dict[str, Any]) -> dict[str, float]:
+    """Handgrad's best speed-up over each peer that passed its check (peer median / best
+    handgrad median), by the peer's label; empty without peers or handgrad rows."""
+    b = best_variant(w)
+    if b is None:
+        return {}
+    return {
+        r["label"]: r["median"] / b["median"]
+        for r in w["results"]
+        if r["role"] == "peer" and r["guard"] is not None and r["guard"]["ok"] and r["times"]
+    }
+
+
+def _peers(w: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    speedups = peer_speedups(w)
+    goal = PEER_GOALS.get(w["key"])
+    if not speedups or goal is None:
+        return []
+    label, worst = min(speedups.items(), key=lambda kv: kv[1])
+    return [
+        {
+            "target": f"{w['key']} ({w['title']}): >= {goal}x faster than the best peer",
+            "value": f"{worst:.2f}x ({b['label']} vs {label})",
+            "met": worst >= goal,
+        }
+    ]
 
 
 def _speed(w: dict[str, Any], b: dict[str, Any], gpu: bool) -> list[dict[str, Any]]:

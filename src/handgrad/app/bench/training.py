@@ -55,13 +55,21 @@ class TorchTrain:
         cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt]
         self.opt = cls(self.model.parameters(), **_optimizer_kwargs(opt, lr))
 
+    def loss_of(self, xb: Tensor, yb: Tensor) -> Tensor:
+        """The forward pass and the loss (a peer compiles this)."""
+        return self.loss_fn(self.model(xb), yb)
+
+    def step(self) -> None:
+        """The optimizer's update (a peer compiles this too)."""
+        self.opt.step()
+
     def run(self) -> None:
-        model, loss_fn, opt = self.model, self.loss_fn, self.opt
+        loss_of, step, opt = self.loss_of, self.step, self.opt
         for xb, yb in self.batches:
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            loss = loss_of(xb, yb)
             loss.backward()
-            opt.step()
+            step()
 
     def probe(self) -> dict[str, Tensor]:
         for m in self.model.modules():  # dropout masks cannot match across libraries
@@ -69,10 +77,10 @@ class TorchTrain:
                 m.p = 0.0
         xb, yb = next(iter(self.batches))
         self.opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(xb), yb)
+        loss = self.loss_of(xb, yb)
         loss.backward()
         out = torch_tensors(self.model, self.names, grads=True)
-        self.opt.step()
+        self.step()
         out |= torch_tensors(self.model, self.names, grads=False)
         return out | {"loss": loss.detach()}
 

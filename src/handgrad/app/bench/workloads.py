@@ -9,7 +9,8 @@ order and precision (float32) on both sides:
 - **W4** one training epoch of the ``cnn`` recipe.
 - **W5** inference throughput (rows/s) of the W3 model at batch 1 and batch 1,024.
 
-Each workload is a list of variants (table rows), PyTorch's first: the reference.
+Each workload is a list of variants (table rows), PyTorch's first: the reference; the peers
+asked for (:mod:`handgrad.app.bench.peers`) follow handgrad's rows.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from handgrad.app.bench.config import Config
 from handgrad.app.bench.data import Batches, make_data
 from handgrad.app.bench.jobs import GemmFloor, HandgradGrad, Infer, Job, TorchGrad, handgrad_infer
 from handgrad.app.bench.models import handgrad_mlp, mlp_init, torch_mlp
+from handgrad.app.bench.peers import PeerSpec, peer_status, peer_variants
 from handgrad.app.bench.training import HandgradTrain, TorchTrain
 from handgrad.fast import fast_path_status
 from handgrad.interop.torch import to_torch
@@ -32,8 +34,9 @@ from handgrad.nn.module import Module
 
 @dataclass
 class Variant:
-    """One row of the table. ``role``: ``torch`` (the reference), ``handgrad`` or ``floor``
-    (a lower bound, not a competitor). ``baseline``: the label of the handgrad variant this one
+    """One row of the table. ``role``: ``torch`` (the reference), ``handgrad``, ``peer``
+    (another library, :mod:`handgrad.app.bench.peers`) or ``floor`` (a lower bound, not a
+    competitor). ``baseline``: the label of the handgrad variant this one
     is compared with for an overhead target (the ``Learner`` against the bare loop)."""
 
     label: str
@@ -96,24 +99,51 @@ def build_workloads(cfg: Config) -> tuple[list[Workload], list[str]]:
     fast_ok, fast_why = fast_available(cfg)
     if not fast_ok:
         skipped.append(f"fast path: {fast_why}")
+    peers = usable_peers(cfg, skipped)
     workloads: list[Workload] = []
 
     def want(key: str) -> bool:
         return not cfg.only or key in cfg.only
 
     if want("W1"):
-        workloads += [_w1(cfg, input_grad, fast_ok) for input_grad in (True, False)]
+        workloads += [_w1(cfg, input_grad, fast_ok, peers) for input_grad in (True, False)]
     for key, sizes, opt, lr, batch in TRAINING:
         if want(key):
-            workloads.append(_train(cfg, key, sizes, opt, lr, batch, fast_ok))
+            workloads.append(_train(cfg, key, sizes, opt, lr, batch, fast_ok, peers))
     if want("W4"):
-        workloads.append(_w4(cfg))
+        workloads.append(_w4(cfg, peers))
     if want("W5"):
         workloads += [_w5(cfg, b, full, quick, fast_ok) for b, full, quick in W5_BATCHES]
     return workloads, skipped
 
 
-def _w1(cfg: Config, input_grad: bool, fast_ok: bool) -> Workload:
+def usable_peers(cfg: Config, skipped: list[str]) -> tuple[str, ...]:
+    """The peers asked for that can run here; one line in ``skipped`` for each that cannot."""
+    if cfg.peers and cfg.torch_device.type != "cpu":
+        skipped.append(f"peers ({', '.join(cfg.peers)}): measured on the CPU only")
+        return ()
+    usable = []
+    for name in cfg.peers:
+        ok, why = peer_status(name)
+        if ok:
+            usable.append(name)
+        else:
+            skipped.append(f"peer {name}: {why}")
+    return tuple(usable)
+
+
+def with_peers(variants: list[Variant], peers: tuple[str, ...], spec: PeerSpec) -> list[Variant]:
+    """``variants`` with each peer's rows inserted before the floor (the last row, if any)."""
+    rows = [
+        Variant(label, make, role="peer")
+        for name in peers
+        for label, make in peer_variants(name, spec)
+    ]
+    floor = [v for v in variants if v.role == "floor"]
+    return [v for v in variants if v.role != "floor"] + rows + floor
+
+
+def _w1(cfg: Config, input_grad: bool, fast_ok: bool, peers: tuple[str, ...] = ()) -> Workload:
     rows = cfg.n(50_000, 10_000)
     x, y = make_data(rows, cfg.seed, regression=True, device=cfg.device)
     init = mlp_init([784, 50, 1], cfg.seed, cfg.device)
@@ -130,13 +160,23 @@ def _w1(cfg: Config, input_grad: bool, fast_ok: bool) -> Workload:
     variants.append(
         Variant("GEMMs alone", lambda: GemmFloor(init, whole, input_grad), role="floor")
     )
+    spec = PeerSpec("W1", "grad", whole, names, lambda: torch_mlp(init), init=init,
+                    input_grad=input_grad)  # fmt: skip
+    variants = with_peers(variants, peers, spec)
     tag = "with input grad" if input_grad else "no input grad"
     title = f"full batch fwd+bwd 784-50-1 MSE, {rows:,} rows, {tag}"
     return Workload("W1", title, rows, cfg.rounds(7), variants, batch=rows)
 
 
 def _train(
-    cfg: Config, key: str, sizes: list[int], opt: str, lr: float, batch: int, fast_ok: bool
+    cfg: Config,
+    key: str,
+    sizes: list[int],
+    opt: str,
+    lr: float,
+    batch: int,
+    fast_ok: bool,
+    peers: tuple[str, ...] = (),
 ) -> Workload:
     rows = cfg.n(50_000, 10_000)
     x, y = make_data(rows, cfg.seed, device=cfg.device)
@@ -170,12 +210,14 @@ def _train(
             fast_base = "handgrad fast, SGD fused" if opt == "sgd" else "handgrad fast"
             variants.append(hg("fast learner", baseline=fast_base))
     variants.append(Variant("GEMMs alone", lambda: GemmFloor(init, b), role="floor"))
+    spec = PeerSpec(key, "mlp", b, names, lambda: torch_mlp(init), init=init, opt=opt, lr=lr)
+    variants = with_peers(variants, peers, spec)
     name = "SGD" if opt == "sgd" else "Adam"
     title = f"epoch {'-'.join(map(str, sizes))} CE {name}, batch {batch}, {rows:,} rows"
     return Workload(key, title, rows, cfg.rounds(5), variants, batch=batch)
 
 
-def _w4(cfg: Config) -> Workload:
+def _w4(cfg: Config, peers: tuple[str, ...] = ()) -> Workload:
     rows = cfg.n(10_000, 1_024)
     x, y = make_data(rows, cfg.seed, device=cfg.device)
     b = Batches(x, y, W4_BATCH)
@@ -195,6 +237,9 @@ def _w4(cfg: Config) -> Workload:
         ),
         Variant("handgrad", lambda: HandgradTrain(hg, b, "adamw", W4_LR, "loop", s)),
     ]
+    spec = PeerSpec("W4", "cnn", b, names, lambda: to_torch(ref), model=ref, opt="adamw",
+                    lr=W4_LR, smoothing=s)  # fmt: skip
+    variants = with_peers(variants, peers, spec)
     title = f"epoch cnn (5 conv+BN+ReLU) CE AdamW, batch {W4_BATCH}, {rows:,} rows"
     # An epoch is long: one round by default. Warmed up like the others all the same: the
     # first epoch of each side pays one-time costs (oneDNN builds its convolution kernels on

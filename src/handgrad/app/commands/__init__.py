@@ -10,7 +10,8 @@ from handgrad.app.commands import (
     predict,
     report,
     runs,
+    serve,
     train,
 )
 
-COMMANDS = [check, demo, data, train, evaluate, predict, lr_find, report, runs, bench]
+COMMANDS = [check, demo, data, train, evaluate, predict, lr_find, report, runs, bench, serve]

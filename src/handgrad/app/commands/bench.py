@@ -1,7 +1,9 @@
-"""``handgrad bench``: handgrad against PyTorch eager on the workloads W1-W5.
+"""``handgrad bench``: handgrad against PyTorch eager on the workloads W1-W5, and against
+the peers a user would pick instead: JAX and torch.compile.
 
-    handgrad bench                     # every workload, full size (a few minutes)
-    handgrad bench --quick             # small sizes, under a minute
+    handgrad bench                     # every workload, full size, with the peers installed
+    handgrad bench --quick             # small sizes, no peers, under a minute
+    handgrad bench --peers jax --only W3 --ftz   # JAX only; subnormals flushed on every side
     handgrad bench --only W2,W3 --json results.json
     handgrad bench --threads 1         # both sides single-threaded
     handgrad bench --device cuda       # on the GPU (fast path skipped, GPU memory measured)
@@ -12,6 +14,14 @@ with PyTorch's after one step is marked WRONG and gets no speed-up: the exit sta
 0 otherwise (it says nothing about speed). --targets adds the project's performance targets,
 met or missed (benchmarks/RESULTS.md tracks them). See handgrad.app.bench for how each column
 is measured.
+
+The peers (pip install 'handgrad[peers]' for JAX; torch.compile needs a C++ compiler) run on
+the same data, initial weights and hyper-parameters, in the same rounds; each is checked
+against PyTorch eager after one step (refused if it disagrees), and its first step, compilation
+included, is reported apart. A second table puts them in columns, with handgrad's best speed-up
+over each. They are on by default for a full run and off with --quick (compiling costs a
+minute or more). Subnormal floats are left as each side ships them (JAX flushes them to zero;
+PyTorch keeps them; handgrad's Learner flushes them), or flushed on every side with --ftz.
 
 With --device cuda everything (data, both models, optimizers) lives on the GPU, each timed
 interval is bracketed by torch.cuda.synchronize(), TF32 is off on both sides, the CPU-only
@@ -27,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 
 from handgrad._io import write_text
 from handgrad.app.bench import Config, render, run_bench, to_markdown
-from handgrad.app.bench.targets import best_variant
+from handgrad.app.bench.peers import PEERS
+from handgrad.app.bench.targets import best_variant, peer_speedups
 from handgrad.app.outputs import check_file
 from handgrad.app.ui import make_console
 from handgrad.errors import HandgradError
@@ -42,7 +54,8 @@ WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
 def add(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
-        help="time handgrad against PyTorch eager (W1-W5), with a correctness guard",
+        help="time handgrad against PyTorch eager, JAX and torch.compile (W1-W5), with a "
+        "correctness guard",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -84,6 +97,19 @@ def add(sub: Any) -> None:
     )
     p.add_argument("--no-fast", action="store_true", help="skip the compiled fast path")
     p.add_argument(
+        "--peers",
+        default=None,
+        metavar="NAMES",
+        help=f"comma-separated peers to time beside handgrad: {', '.join(PEERS)} (default: all "
+        "of them, none with --quick)",
+    )
+    p.add_argument("--no-peers", action="store_true", help="time no peer")
+    p.add_argument(
+        "--ftz",
+        action="store_true",
+        help="flush subnormal floats to zero on every side (default: each side as shipped)",
+    )
+    p.add_argument(
         "--targets",
         action="store_true",
         help="also print the project's performance targets, met or missed (small misses are "
@@ -114,6 +140,7 @@ def parse_config(args: argparse.Namespace) -> Config:
         if path and path != "-":
             check_file(path, option)  # before minutes of benchmarking, not after
     device = _device(args.device)  # --clock cpu with cuda: refused by run_bench
+    peers = _peers(args)
     return Config(
         quick=args.quick,
         rows=args.rows,
@@ -126,7 +153,27 @@ def parse_config(args: argparse.Namespace) -> Config:
         clock=args.clock,
         seed=args.seed,
         device=str(device),
+        peers=peers,
+        ftz=args.ftz,
     )
+
+
+def _peers(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--peers`` checked, or the default: every peer for a full run, none with ``--quick``."""
+    if args.no_peers:
+        if args.peers is not None:
+            raise HandgradError("--peers and --no-peers: give one of them")
+        return ()
+    if args.peers is None:
+        return () if args.quick else tuple(PEERS)
+    names = tuple(dict.fromkeys(n.strip().lower() for n in args.peers.split(",") if n.strip()))
+    unknown = [n for n in names if n not in PEERS]
+    if unknown or not names:
+        raise HandgradError(
+            f"--peers {args.peers!r}: unknown {unknown}; choose from {', '.join(PEERS)} "
+            "(or --no-peers)"
+        )
+    return names
 
 
 def _device(name: str) -> torch.device:
@@ -148,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
         report = run_bench(cfg, progress=lambda msg: status.update(msg))
     console.print(render(report))
     for line in report["skipped"]:
-        console.print(f"skipped: {line}")
+        console.print(f"skipped: {escape(line)}")  # "handgrad[peers]" is not rich markup
+    for line in report["subnormals"] + report["notes"]:
+        console.print(escape(line))
     for line in best_speedups(report):
         console.print(line)
     for t in report["targets"] if args.targets else []:
@@ -175,19 +224,35 @@ def run(args: argparse.Namespace) -> int:
     ]
     if wrong:
         console.print(f"[red]refused[/red]: results differ from PyTorch for {', '.join(wrong)}")
-        return 1
-    return 0
+    # a refused peer is reported, not an error of handgrad's: only handgrad's rows fail the run
+    return 1 if any(not _is_peer(report, label) for label in wrong) else 0
+
+
+def _is_peer(report: dict[str, Any], key_label: str) -> bool:
+    return any(
+        f"{w['key']} {r['label']}" == key_label and r["role"] == "peer"
+        for w in report["workloads"]
+        for r in w["results"]
+    )
 
 
 def best_speedups(report: dict[str, Any]) -> list[str]:
-    """``W2 epoch 784-50-10 ...: speed-up 2.72x over torch eager (handgrad)``: each workload's
-    fastest variant that passed the correctness guard."""
-    best = [(w, best_variant(w)) for w in report["workloads"]]
-    return [
-        f"{w['key']} {w['title']}: speed-up {b['speedup']:.2f}x over torch eager ({b['label']})"
-        for w, b in best
-        if b
-    ]
+    """``W2 epoch 784-50-10 ...: speed-up 2.72x over torch eager (handgrad); 1.9x over JAX
+    jit step, ...``: each workload's fastest variant that passed the correctness guard, and
+    its speed-up over each peer that passed its own."""
+    lines = []
+    for w in report["workloads"]:
+        b = best_variant(w)
+        if b is None:
+            continue
+        line = (
+            f"{w['key']} {w['title']}: speed-up {b['speedup']:.2f}x over torch eager ({b['label']})"
+        )
+        peers = peer_speedups(w)
+        if peers:
+            line += "; " + ", ".join(f"{s:.2f}x over {label}" for label, s in peers.items())
+        lines.append(line)
+    return lines
 
 
 def _write(path: Path, text: str, what: str) -> None:

@@ -3,6 +3,7 @@
     handgrad data info mnist-sample            # splits, shapes, classes, mean/std, source
     handgrad data info data/mnist.pkl.gz       # any file or folder (.pkl.gz, .npz, IDX)
     handgrad data show fashion-mnist --out grid.png --split valid --count 48
+    handgrad data show fashion-mnist --augment --out augmented.png  # as the resnet recipe trains
 
 Named datasets: mnist-sample (embedded, needs the 'data' extra), mnist, fashion-mnist (found
 on this machine or downloaded, SHA-256 verified, into $HANDGRAD_DATA or the cache folder).
@@ -20,7 +21,9 @@ from rich.table import Table
 from handgrad.app.commands.options import add_data_source
 from handgrad.app.ui import download_bar, make_console
 from handgrad.data import Dataset, load_dataset, pixel_stats
+from handgrad.data.augment import augment_batch, flips_allowed
 from handgrad.errors import HandgradError
+from handgrad.train.recipes import recipe_for
 
 
 def add(sub: Any) -> None:
@@ -42,6 +45,12 @@ def add(sub: Any) -> None:
     )
     show.add_argument("--count", type=int, default=36, help="samples to draw (default 36)")
     show.add_argument("--seed", type=int, default=0, help="which random samples (default 0)")
+    show.add_argument(
+        "--augment",
+        action="store_true",
+        help="draw the samples as the resnet recipe's training sees them: random crops, "
+        "flips (Fashion-MNIST only) and random erasing, seeded by --seed",
+    )
     show.set_defaults(run=run_show)
 
 
@@ -119,6 +128,10 @@ def run_show(args: argparse.Namespace) -> int:
     count = min(args.count, len(split))
     g = torch.Generator().manual_seed(args.seed)
     picks = torch.randperm(len(split), generator=g)[:count]  # (count,) a random, mixed choice
+    x = split.x[picks].reshape(count, -1)  # (count, C*H*W)
+    what = "samples"
+    if args.augment:
+        x, what = _augmented(ds, x, g), "augmented samples"
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
     fig, axes = new_figure(
@@ -127,15 +140,33 @@ def run_show(args: argparse.Namespace) -> int:
     c, h, w = ds.image_shape
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, picks.tolist(), strict=False):
-        image = split.x[i].reshape(c, h, w)[0].numpy()  # (H, W), first channel
+    for k, (ax, i) in enumerate(zip(axes.flat, picks.tolist(), strict=False)):
+        image = x[k].reshape(c, h, w)[0].numpy()  # (H, W), first channel
         ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
         label = int(split.y[i])
         name = ds.classes[label]
         ax.set_title(str(label) if name == str(label) else f"{label}: {name}", fontsize=9, pad=2)
     fig.suptitle(
-        f"{ds.name}, {args.split} split: {count} of {len(split):,} samples (seed {args.seed})"
+        f"{ds.name}, {args.split} split: {count} of {len(split):,} {what} (seed {args.seed})"
     )
     path = save_png(fig, args.out)
-    make_console().print(f"wrote {path} ({count} {args.split} samples of {ds.name})")
+    make_console().print(f"wrote {path} ({count} {args.split} {what} of {ds.name})")
     return 0
+
+
+def _augmented(ds: Dataset, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """``x`` (N, C*H*W) raw pixels as the ``resnet`` recipe's training batches see them: the
+    augmentation runs on normalised pixels (erased patches are N(0, 1) noise there, crops
+    fill with the background), drawn back in raw pixel units (shown clipped to [0, 1])."""
+    recipe = recipe_for("resnet")
+    mean, std = pixel_stats(ds.train.x)
+    normed = augment_batch(
+        (x - mean) / std,
+        shift=recipe.shift,
+        flip=recipe.flip and flips_allowed(ds.classes),
+        erase=recipe.erase,
+        image_shape=ds.image_shape,
+        fill=-mean / std,
+        generator=g,
+    )
+    return normed * std + mean

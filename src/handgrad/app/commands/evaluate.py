@@ -2,12 +2,15 @@
 
     handgrad evaluate runs/<run>/best.safetensors                 # its own data: test, else valid
     handgrad evaluate runs/<run>/best.safetensors --data mnist --split test
+    handgrad evaluate runs/<run>/best.safetensors --tta          # also with test-time flips
 
 The confusion matrix is printed and saved as a PNG (default: next to the checkpoint).
 
 Data whose classes are not the model's (a digit model on Fashion-MNIST) is refused with exit
 status 2, since its accuracy would mean nothing; ``--other-classes`` evaluates it anyway.
-``--data-dir`` and ``--no-download`` work as for ``handgrad data``.
+``--data-dir`` and ``--no-download`` work as for ``handgrad data``. ``--tta`` (Fashion-MNIST
+models) also reports the accuracy of test-time augmentation, the class probabilities averaged
+over each image and its mirror image, beside the plain figure.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from handgrad.app.plots.training import plot_confusion
 from handgrad.app.ui import download_bar, make_console
 from handgrad.data import load_dataset
 from handgrad.errors import HandgradError
-from handgrad.train.inference import check_input_size, evaluate, load_trained
+from handgrad.train.inference import check_input_size, check_tta, evaluate, load_trained
 
 SPLITS = ("test", "valid", "train")
 
@@ -52,6 +55,12 @@ def add(sub: Any) -> None:
         action="store_true",
         help="evaluate even on data whose classes are not the model's",
     )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="also report test-time augmentation: probabilities averaged over each image and "
+        "its mirror image (Fashion-MNIST models; never digits)",
+    )
     add_data_source(p)
     p.set_defaults(run=run)
 
@@ -59,6 +68,8 @@ def add(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     console = make_console()
     trained = load_trained(args.checkpoint)
+    if args.tta:  # refused before any data is loaded
+        check_tta(trained)
     if args.out:  # checked before the data is loaded and the model run
         check_file(args.out, "--out")
     else:
@@ -86,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             f"{data_name}: labels up to {int(split.y.max())}, but the model knows "
             f"{len(trained.data['classes'])} classes; evaluate on the data it was trained for"
         )
-    result = evaluate(trained, split.x.reshape(len(split.x), -1), split.y)
+    result = evaluate(trained, split.x.reshape(len(split.x), -1), split.y, tta=args.tta)
     classes = trained.data["classes"]
     out = (
         Path(args.out)
@@ -108,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
         highlight=False,
         soft_wrap=True,
     )
+    tta = "" if result.tta_accuracy is None else f" tta accuracy {result.tta_accuracy:.4f}"
     console.print(
-        f"loss {result.loss:.4f} accuracy {result.accuracy:.4f}",
+        f"loss {result.loss:.4f} accuracy {result.accuracy:.4f}{tta}",
         markup=False,
         highlight=False,
         soft_wrap=True,

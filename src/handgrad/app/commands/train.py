@@ -65,6 +65,7 @@ FIELDS = (
     "data_dir",
     "no_download",
     "logger",
+    "subnormals",
 )
 
 
@@ -121,10 +122,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--fast",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="training steps of Linear/ReLU models through the compiled fast path "
-        "(FastLearner; built on first use; other models say so and train as usual)",
+        help="training steps of MLPs (Linear, the activations, Dropout, BatchNorm1d; SGD, Adam, "
+        "AdamW fused in) through the compiled fast path (default; built on first use; other "
+        "models say so and train as usual); --no-fast or HANDGRAD_FAST=0: the readable path. "
+        "A resumed run keeps the path it was trained on",
     )
 
 
@@ -198,6 +201,11 @@ def add(sub: Any) -> None:
         "--logger", default=None, metavar="NAMES",
         help="per-epoch logs in the run folder, comma-separated: csv (history.csv), tensorboard "
         "(tensorboard/, needs the tensorboard package); '' for none (default: csv)",
+    )  # fmt: skip
+    p.add_argument(
+        "--subnormals", default=None, choices=("flush", "keep"),
+        help="subnormal floats while training on the CPU: flush to zero (faster: Adam's "
+        "moments decay into them) or keep (IEEE); a resumed run keeps its own (default: flush)",
     )  # fmt: skip
     p.add_argument(
         "--nproc",

@@ -20,6 +20,7 @@ from handgrad.nn.layers.dropout import Dropout
 from handgrad.nn.layers.linear import Linear
 from handgrad.nn.layers.norm import BatchNorm1d, BatchNorm2d, BatchNormReLU2d, LayerNorm
 from handgrad.nn.layers.pool import AvgPool2d, GlobalAvgPool, MaxPool2d
+from handgrad.nn.layers.resblock import ResBlock
 from handgrad.nn.layers.reshape import Flatten, Identity, Reshape
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "MaxPool2d",
     "Mish",
     "ReLU",
+    "ResBlock",
     "Reshape",
     "SiLU",
     "Sigmoid",

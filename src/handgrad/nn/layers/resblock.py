@@ -1,0 +1,112 @@
+"""``ResBlock``: the residual block, the canonical layer whose input is used twice."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from handgrad.nn.functional.conv import Method
+from handgrad.nn.layers.activations import ReLU
+from handgrad.nn.layers.conv import Conv2d
+from handgrad.nn.layers.norm import BatchNorm2d, BatchNormReLU2d
+from handgrad.nn.module import Module
+
+
+class ResBlock(Module):
+    """``y = relu(F(x) + S(x))``, a residual block (He et al. 2015, "basic block"):
+
+    - the main path ``F(x) = bn2(conv2(relu(bn1(conv1(x)))))``: two 3x3 convolutions without
+      bias, the first with ``stride`` (downsampling), each followed by a batch norm (the first
+      fused with its ReLU, :class:`~handgrad.nn.layers.BatchNormReLU2d`);
+    - the skip path ``S(x)``: ``x`` itself when the shape is kept (``in_channels ==
+      out_channels`` and ``stride == 1``), else ``bn(conv1x1(x, stride))``, the projection
+      that makes the two paths add up.
+
+    Backward: ``x`` feeds both paths, so by the chain rule its gradient is the sum of the two
+    paths' gradients. With ``g = dL/d(F + S) = dy * 1[y > 0]`` (through the last ReLU), and
+    ``d(F + S)/dF = d(F + S)/dS = 1``, both paths receive the same ``g``::
+
+        dx = dF/dx^T g  +  dS/dx^T g        (dS/dx^T g = g for the identity skip)
+
+    Each sub-layer's backward is its own hand-written one; this class only routes ``g`` and
+    adds the two contributions, explicitly.
+
+    Init: the convolutions are Kaiming-initialised (they feed ReLUs; the 1x1 projection too,
+    for the same variance on both paths). With ``zero_init=True`` the second batch norm's
+    ``gamma`` starts at 0, so that every block starts as its skip path and a deep net starts
+    as a shallow one (Goyal et al. 2017, "zero-init residual"); the default ``False`` keeps
+    PyTorch's ones.
+
+    Args:
+        in_channels, out_channels: ``C`` and ``O``.
+        stride: of the first convolution and of the projection (2 halves the resolution).
+        method: the convolutions' method (see :class:`~handgrad.nn.layers.Conv2d`).
+        zero_init: start the second batch norm's ``gamma`` at 0.
+        generator: for the weight initialisation.
+
+    Shape:
+        (N, C, H, W) -> (N, O, Ho, Wo), ``Ho = floor((H - 1) / stride) + 1``.
+
+    Example:
+        >>> block = ResBlock(16, 32, stride=2)
+        >>> block(torch.randn(8, 16, 28, 28)).shape
+        torch.Size([8, 32, 14, 14])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        method: Method = "auto",
+        zero_init: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if in_channels < 1 or out_channels < 1 or stride < 1:
+            raise ValueError(
+                f"ResBlock needs positive channels and stride, got {in_channels}, "
+                f"{out_channels}, stride={stride}"
+            )
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        conv = {"bias": False, "method": method, "generator": generator}
+        self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, **conv)  # type: ignore[arg-type]
+        self.bn1 = BatchNormReLU2d(out_channels)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, **conv)  # type: ignore[arg-type]
+        self.bn2 = BatchNorm2d(out_channels)
+        if zero_init:
+            with torch.no_grad():
+                self.bn2.weight.zero_()
+        self.skip_conv: Conv2d | None = None
+        self.skip_bn: BatchNorm2d | None = None
+        if stride != 1 or in_channels != out_channels:
+            # A 1x1 convolution's columns are its strided input itself (no kh*kw copies), so
+            # the matrix-product lowering beats the direct kernels at every width measured
+            # (benchmarks/RESULTS.md, "Residual networks"); "auto" would pick direct above 32
+            # input channels.
+            skip = {**conv, "method": "im2col" if method == "auto" else method}
+            self.skip_conv = Conv2d(in_channels, out_channels, 1, stride, 0, **skip)  # type: ignore[arg-type]
+            self.skip_bn = BatchNorm2d(out_channels)
+        self.act = ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        main = self.bn2(self.conv2(self.bn1(self.conv1(x))))  # (N, O, Ho, Wo)
+        skip = x if self.skip_conv is None else self.skip_bn(self.skip_conv(x))  # type: ignore[misc]
+        return self.act(main + skip)  # (N, O, Ho, Wo)
+
+    def bwd(self, out: Tensor, x: Tensor) -> None:
+        need = self.needs_input_grad[0]
+        g = self.act.backward(out.g)  # dL/d(main + skip), what both paths receive
+        dx_main = self.conv1.backward(
+            self.bn1.backward(self.conv2.backward(self.bn2.backward(g))), need_input_grad=need
+        )
+        if self.skip_conv is None:
+            dx_skip = g  # the identity's Jacobian is 1
+        else:
+            dx_skip = self.skip_conv.backward(self.skip_bn.backward(g), need_input_grad=need)  # type: ignore[union-attr]
+        if need:
+            x.g = dx_main + dx_skip  # x was used twice: the two contributions add up
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}"
+        return text + (f", stride={self.stride}" if self.stride != 1 else "")

@@ -1,0 +1,95 @@
+"""``--model resnet`` through train / evaluate --tta / predict / lr-find, and ``data show
+--augment``, in-process on tiny generated Fashion-MNIST-named data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from support import run_cli
+
+SIDE = 8
+
+
+def bright_quadrant_data(path: Path) -> Path:
+    """8x8 images whose class (0..3) is the bright quadrant; ``fashion`` in the name gives
+    Fashion-MNIST's class names, so flips and --tta apply."""
+    rng = np.random.default_rng(0)
+    parts = {}
+    for split, n in (("train", 64), ("valid", 32), ("test", 32)):
+        y = rng.integers(0, 4, n)
+        x = rng.integers(0, 40, (n, SIDE, SIDE))
+        for i, c in enumerate(y):
+            x[i, 4 * (c // 2) : 4 * (c // 2) + 4, 4 * (c % 2) : 4 * (c % 2) + 4] = 230
+        parts[f"x_{split}"], parts[f"y_{split}"] = x.astype(np.uint8), y
+    np.savez(path, **parts)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    data = bright_quadrant_data(tmp_path_factory.mktemp("data") / "quads-fashion.npz")
+    out = tmp_path_factory.mktemp("run")
+    threads = torch.get_num_threads()
+    r = run_cli("train", "--data", str(data), "--model", "resnet", "--out", str(out),
+                "--epochs", "1", "--bs", "32", "--quiet", "--threads", "1")  # fmt: skip
+    torch.set_num_threads(threads)
+    assert r.status == 0, r.err
+    return out / "best.safetensors", data
+
+
+def test_train_resnet_writes_a_checkpoint_of_the_model(run) -> None:
+    from handgrad.nn.layers import ResBlock
+    from handgrad.train.inference import load_trained
+
+    ckpt, _ = run
+    trained = load_trained(ckpt)
+    assert trained.ckpt.info["model"]["name"] == "resnet"
+    assert sum(isinstance(m, ResBlock) for m in trained.model.modules()) == 4
+
+
+def test_evaluate_tta_reports_both_figures(run, tmp_path: Path) -> None:
+    ckpt, data = run
+    r = run_cli("evaluate", str(ckpt), "--data", str(data), "--tta", "--out",
+                str(tmp_path / "c.png"))  # fmt: skip
+    assert r.status == 0, r.err
+    assert "accuracy" in r.out and "tta accuracy" in r.out
+    plain = run_cli("evaluate", str(ckpt), "--data", str(data), "--out", str(tmp_path / "d.png"))
+    assert plain.status == 0 and "tta accuracy" not in plain.out
+
+
+def test_evaluate_tta_refuses_digits(tmp_path: Path) -> None:
+    digits = bright_quadrant_data(tmp_path / "quads.npz")  # no "fashion": digit class names
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", str(digits), "--model", "resnet", "--out", str(out),
+                "--epochs", "1", "--bs", "32", "--quiet", "--threads", "1")  # fmt: skip
+    assert r.status == 0, r.err
+    r = run_cli("evaluate", str(out / "best.safetensors"), "--tta")
+    assert r.status == 2 and "--tta" in r.err and "digits" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+def test_predict_and_lr_find_with_resnet(run, tmp_path: Path) -> None:
+    ckpt, data = run
+    img = np.zeros((16, 16), np.uint8)
+    img[:8, :8] = 255
+    Image.fromarray(img).save(tmp_path / "q.png")
+    r = run_cli("predict", str(ckpt), str(tmp_path / "q.png"))
+    assert r.status == 0, r.err
+    png = tmp_path / "lr.png"
+    r = run_cli("lr-find", "--data", str(data), "--model", "resnet", "--bs", "16", "--steps",
+                "8", "--out", str(png), "--quiet", "--threads", "1")  # fmt: skip
+    assert r.status == 0, r.err
+    assert png.is_file()
+
+
+def test_data_show_augment_draws_augmented_samples(run, tmp_path: Path) -> None:
+    _, data = run
+    png = tmp_path / "aug.png"
+    r = run_cli("data", "show", str(data), "--augment", "--count", "4", "--out", str(png))
+    assert r.status == 0, r.err
+    assert png.is_file() and "augmented samples" in r.out
