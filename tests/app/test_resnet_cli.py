@@ -93,3 +93,22 @@ def test_data_show_augment_draws_augmented_samples(run, tmp_path: Path) -> None:
     r = run_cli("data", "show", str(data), "--augment", "--count", "4", "--out", str(png))
     assert r.status == 0, r.err
     assert png.is_file() and "augmented samples" in r.out
+
+
+def test_flip_and_erase_are_options_saved_with_the_run(run, tmp_path: Path) -> None:
+    import json
+
+    ckpt, data = run
+    saved = json.loads(ckpt.with_suffix(".json").read_text())["config"]
+    assert (saved["flip"], saved["erase"]) == (True, 0.25)  # the resnet recipe's
+    base = ("train", "--data", str(data), "--hidden", "8", "--epochs", "1", "--bs", "32",
+            "--threads", "1")  # fmt: skip
+    r = run_cli(*base, "--flip", "--erase", "0.5", "--out", str(tmp_path / "mlp"))
+    assert r.status == 0, r.err
+    assert "horizontal flips" in r.out and "random erasing p=0.5" in r.out
+    saved = json.loads((tmp_path / "mlp" / "last.json").read_text())["config"]
+    assert (saved["flip"], saved["erase"]) == (True, 0.5)
+    plain = run_cli(*base, "--no-flip", "--out", str(tmp_path / "plain"))
+    assert plain.status == 0 and "flips" not in plain.out and "erasing" not in plain.out
+    bad = run_cli(*base, "--erase", "2", "--out", str(tmp_path / "bad"))
+    assert bad.status == 2 and "--erase 2.0: must be in [0, 1]" in bad.err

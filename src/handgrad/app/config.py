@@ -65,6 +65,8 @@ class TrainConfig:
     weight_decay: float | None = None
     label_smoothing: float | None = None
     shift: int | None = None
+    flip: bool | None = None  # horizontal flips, where the data allows them (never digits)
+    erase: float | None = None  # random-erasing probability per image
     seed: int = 0
     device: str = "cpu"
     patience: int | None = None
@@ -125,6 +127,7 @@ def check_config(c: TrainConfig) -> None:
         ),
         (c.opt in OPTIMIZERS, f"--opt {c.opt!r}: choose one of {', '.join(OPTIMIZERS)}"),
         (c.shift is not None and 0 <= c.shift <= 8, f"--shift {c.shift}: must be in 0..8"),
+        (c.erase is not None and 0 <= c.erase <= 1, f"--erase {c.erase}: must be in [0, 1]"),
         (
             c.weight_decay is not None and 0 <= c.weight_decay < math.inf,
             f"--weight-decay {c.weight_decay}: must be a finite number >= 0",

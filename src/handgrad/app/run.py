@@ -206,15 +206,14 @@ def build_run(
         cbs.append(ValidLoss(make_loss(recipe_loss)))
     if for_training:
         cbs.append(LRScheduler(schedule))  # type: ignore[arg-type]
-        recipe = recipe_for(config.model)  # flips and erasing: the recipe's, not options yet
-        flip = recipe.flip and flips_allowed(dataset.classes)  # never mirror digits
-        if (config.shift or flip or recipe.erase) and len(dataset.image_shape) == 3:
+        flip = bool(config.flip) and flips_allowed(dataset.classes)  # never mirror digits
+        if (config.shift or flip or config.erase) and len(dataset.image_shape) == 3:
             fill = -mean / std  # the background (pixel 0) after normalisation
             cbs.append(
                 Augment(
                     config.shift,
                     flip=flip,
-                    erase=recipe.erase,
+                    erase=config.erase or 0.0,
                     seed=config.seed + rank,
                     image_shape=dataset.image_shape,
                     fill=fill,

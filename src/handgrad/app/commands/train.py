@@ -51,6 +51,8 @@ FIELDS = (
     "weight_decay",
     "label_smoothing",
     "shift",
+    "flip",
+    "erase",
     "seed",
     "device",
     "patience",
@@ -76,6 +78,7 @@ RECIPE_OPTIONS = (
     ("--weight-decay", float, "weight decay"),
     ("--label-smoothing", float, "label smoothing of the cross-entropy"),
     ("--shift", int, "augmentation: random shifts up to N pixels"),
+    ("--erase", float, "augmentation: probability of erasing a random box of each image"),
 )
 
 
@@ -111,6 +114,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     for flag, kind, text in RECIPE_OPTIONS:
         field = flag[2:].replace("-", "_")
         p.add_argument(flag, type=kind, default=None, help=f"{text} ({recipe_default(field)})")
+    p.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=None,
+        help="augmentation: random horizontal flips, on data whose classes allow them "
+        f"(Fashion-MNIST; never digits) ({recipe_default('flip')})",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="seed of everything random (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
