@@ -1,13 +1,15 @@
 """Helpers the tests share (imported as ``from support import ...``; ``tests/`` is on the
 path, see ``pythonpath`` in pyproject.toml): the CLI run in-process, and the one gradient-check
-helper every differentiable thing goes through."""
+helper every differentiable thing goes through, and tiny image data to train on."""
 
 from __future__ import annotations
 
 import io
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from handgrad.app.cli import main
@@ -41,3 +43,19 @@ def assert_grads(
     report = gradcheck(module, *inputs, reference=reference, **kwargs)
     assert report.tensors, f"nothing was checked for {report.module}"
     assert report.ok, str(report)
+
+
+def bright_quadrant_data(path: Path, side: int = 8) -> Path:
+    """An ``.npz`` of ``side`` x ``side`` images whose class (0..3) is the bright quadrant
+    (train 96 / valid 32 / test 32 rows), learnable in one epoch. Name it ``*fashion*`` to get
+    Fashion-MNIST's class names (flips and ``--tta`` apply, images are read by plain resizing)."""
+    rng = np.random.default_rng(0)
+    parts, h = {}, side // 2
+    for split, n in (("train", 96), ("valid", 32), ("test", 32)):
+        y = rng.integers(0, 4, n)
+        x = rng.integers(0, 40, (n, side, side))
+        for i, c in enumerate(y):
+            x[i, h * (c // 2) : h * (c // 2) + h, h * (c % 2) : h * (c % 2) + h] = 230
+        parts[f"x_{split}"], parts[f"y_{split}"] = x.astype(np.uint8), y
+    np.savez(path, **parts)
+    return path

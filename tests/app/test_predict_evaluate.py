@@ -17,7 +17,7 @@ from PIL import Image
 
 from handgrad.train.inference import MAX_IMAGE_PIXELS, load_trained, prepare_image
 
-from support import run_cli
+from support import bright_quadrant_data, run_cli
 
 SIDE = 8
 
@@ -26,16 +26,7 @@ SIDE = 8
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A one-epoch model on 8x8 images whose class (0..3) is the bright quadrant, and its data
     (``fashion`` in the name: Fashion-MNIST's class names, images read by plain resizing)."""
-    rng = np.random.default_rng(0)
-    parts = {}
-    for split, n in (("train", 96), ("valid", 32), ("test", 32)):
-        y = rng.integers(0, 4, n)
-        x = rng.integers(0, 40, (n, SIDE, SIDE))
-        for i, c in enumerate(y):
-            x[i, 4 * (c // 2) : 4 * (c // 2) + 4, 4 * (c % 2) : 4 * (c % 2) + 4] = 230
-        parts[f"x_{split}"], parts[f"y_{split}"] = x.astype(np.uint8), y
-    data = tmp_path_factory.mktemp("data") / "quads-fashion.npz"
-    np.savez(data, **parts)
+    data = bright_quadrant_data(tmp_path_factory.mktemp("data") / "quads-fashion.npz", SIDE)
     out = tmp_path_factory.mktemp("run")
     threads = torch.get_num_threads()
     r = run_cli("train", "--data", str(data), "--out", str(out), "--epochs", "1", "--hidden",

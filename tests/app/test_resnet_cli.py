@@ -10,24 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from support import run_cli
+from support import bright_quadrant_data, run_cli
 
 SIDE = 8
-
-
-def bright_quadrant_data(path: Path) -> Path:
-    """8x8 images whose class (0..3) is the bright quadrant; ``fashion`` in the name gives
-    Fashion-MNIST's class names, so flips and --tta apply."""
-    rng = np.random.default_rng(0)
-    parts = {}
-    for split, n in (("train", 64), ("valid", 32), ("test", 32)):
-        y = rng.integers(0, 4, n)
-        x = rng.integers(0, 40, (n, SIDE, SIDE))
-        for i, c in enumerate(y):
-            x[i, 4 * (c // 2) : 4 * (c // 2) + 4, 4 * (c % 2) : 4 * (c % 2) + 4] = 230
-        parts[f"x_{split}"], parts[f"y_{split}"] = x.astype(np.uint8), y
-    np.savez(path, **parts)
-    return path
 
 
 @pytest.fixture(scope="module")

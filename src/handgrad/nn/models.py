@@ -94,14 +94,7 @@ def cnn(
     ``ReLU`` was: block ``i`` stays layers ``3i+1..3i+3``, so the state-dict names, and every
     checkpoint saved either way, are the same. ``fused=False`` builds the separate layers.
     """
-    side = math.isqrt(in_features)
-    if side * side != in_features:
-        raise ValueError(
-            f"cnn: in_features={in_features} is not a square image (28x28 = 784 pixels); the "
-            "cnn model needs square one-channel images"
-        )
-    if len(channels) != len(strides) or not channels:
-        raise ValueError(f"cnn: give one stride per block: channels={channels}, strides={strides}")
+    side = _image_side("cnn", in_features, channels, strides)
     layers: list[Module] = [Reshape(1, side, side)]
     width = 1
     for out, stride in zip(channels, strides, strict=True):
@@ -153,16 +146,7 @@ def resnet(
     its skip path, so the untrained network is a shallow one and the residual branches grow
     from zero (Goyal et al. 2017).
     """
-    side = math.isqrt(in_features)
-    if side * side != in_features:
-        raise ValueError(
-            f"resnet: in_features={in_features} is not a square image (28x28 = 784 pixels); the "
-            "resnet model needs square one-channel images"
-        )
-    if len(channels) != len(strides) or not channels:
-        raise ValueError(
-            f"resnet: give one stride per block: channels={channels}, strides={strides}"
-        )
+    side = _image_side("resnet", in_features, channels, strides)
     layers: list[Module] = [
         Reshape(1, side, side),
         Conv2d(1, stem, 3, padding=1, bias=False, method=method, keep_cols=False,
@@ -188,6 +172,24 @@ MODELS: dict[str, Callable[..., Module]] = {
     "cnn": cnn,
     "resnet": resnet,
 }
+
+
+def _image_side(
+    name: str, in_features: int, channels: Sequence[int], strides: Sequence[int]
+) -> int:
+    """The side of the square one-channel images a convolutional model ``name`` takes, after
+    checking that ``in_features`` is one and that each block has its stride."""
+    side = math.isqrt(in_features)
+    if side * side != in_features:
+        raise ValueError(
+            f"{name}: in_features={in_features} is not a square image (28x28 = 784 pixels); the "
+            f"{name} model needs square one-channel images"
+        )
+    if len(channels) != len(strides) or not channels:
+        raise ValueError(
+            f"{name}: give one stride per block: channels={channels}, strides={strides}"
+        )
+    return side
 
 
 def build_model(name: str, **kwargs: object) -> Module:
