@@ -1,4 +1,4 @@
-"""Small stand-ins for the training tests: a momentum SGD and a seeded loader.
+"""Small stand-ins for the training tests: a momentum SGD, a seeded loader and a stop.
 
 They exist so the Learner, callbacks and checkpoints are tested on their own, with tiny data;
 the library's optimizers and DataLoader are tested in their own files.
@@ -13,6 +13,7 @@ from torch import Tensor
 
 from handgrad import Linear, ReLU, Sequential
 from handgrad.nn.module import Module
+from handgrad.train.learner import Callback, CancelFitException, Learner
 
 
 class MomentumSGD:
@@ -88,3 +89,16 @@ def small_net(features: int = 6, hidden: int = 8, seed: int = 0) -> Module:
         ReLU(),
         Linear(hidden, 1, nonlinearity="linear", generator=g),
     )
+
+
+class StopAfter(Callback):
+    """Interrupt a run at the end of an epoch, as a crash or Ctrl-C after a save would."""
+
+    order = 99  # after the Checkpointer (40): the epoch's checkpoint is on disk
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.last_pass and learn.epoch + 1 == self.epochs:
+            raise CancelFitException()

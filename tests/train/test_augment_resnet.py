@@ -22,10 +22,10 @@ from handgrad.nn.models import build_model
 from handgrad.train import checkpoint as ck
 from handgrad.train.callbacks import Augment, Checkpointer, Recorder
 from handgrad.train.inference import Trained, check_tta, evaluate, flip_rows, tta_probabilities
-from handgrad.train.learner import Callback, CancelFitException, Learner
+from handgrad.train.learner import Learner
 from handgrad.train.recipes import recipe_for
 
-from training_helpers import MomentumSGD, SeededLoader
+from training_helpers import MomentumSGD, SeededLoader, StopAfter
 
 
 def images(n: int, side: int = 6, seed: int = 0) -> torch.Tensor:
@@ -73,17 +73,6 @@ def test_augmentation_is_seeded_and_shift_only_draws_are_unchanged() -> None:
 def test_flips_only_for_fashion_mnist() -> None:
     assert flips_allowed(list(FASHION)) and not flips_allowed(list(DIGITS))
     assert recipe_for("resnet").flip and not recipe_for("cnn").flip
-
-
-class StopAfter(Callback):
-    order = 99
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def after_epoch(self, learn: Learner) -> None:
-        if learn.last_pass and learn.epoch + 1 == self.epochs:
-            raise CancelFitException()
 
 
 def fit(folder: Path, epochs: int, *, stop_after: int = 0, resume: bool = False) -> Learner:

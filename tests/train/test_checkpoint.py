@@ -23,9 +23,9 @@ from handgrad.train.callbacks import (
     Metrics,
     Recorder,
 )
-from handgrad.train.learner import Callback, CancelFitException, Learner
+from handgrad.train.learner import Callback, Learner
 
-from training_helpers import MomentumSGD, SeededLoader, small_net
+from training_helpers import MomentumSGD, SeededLoader, StopAfter, small_net
 
 INFO = {"model": {"name": "test", "kwargs": {}}, "config": {"seed": 0}}
 
@@ -173,19 +173,6 @@ def test_missing_checkpoint_is_an_error(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- resume
-class StopAfter(Callback):
-    """Interrupt a run at the end of an epoch, as a crash or Ctrl-C after a save would."""
-
-    order = 99
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def after_epoch(self, learn: Learner) -> None:
-        if learn.last_pass and learn.epoch + 1 == self.epochs:
-            raise CancelFitException()
-
-
 def make_net(kind: str) -> Module:
     if kind == "mlp":
         return small_net(features=16)
