@@ -1,16 +1,27 @@
-"""What handgrad's two compiled pieces share: the fast path's C++ training step
-(:mod:`handgrad.fast`) and the DataLoader's C row copy (:mod:`handgrad.data.rowcopy`).
+"""What handgrad's compiled pieces share: the fast path's C++ training step
+(:mod:`handgrad.fast`), the DataLoader's C row copy (:mod:`handgrad.data.rowcopy`) and the
+convolution's C weight gradient (:mod:`handgrad.nn.functional.conv_fast`).
 
-Both are built on first use and cached in torch's extension folder; ``HANDGRAD_FAST=0`` turns
-both off; a failed build is reported in one line, and the readable code runs instead.
+All are built on first use and cached in torch's extension folder; ``HANDGRAD_FAST=0`` turns
+them off; a failed build is reported in one line, and the readable code runs instead. The two
+plain C libraries are compiled by :func:`c_library` with the system's C compiler (a fraction of
+a second, no torch headers) and called through :mod:`ctypes`, which lets go of the GIL.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
-from collections.abc import Callable
+import platform
+import shlex
+import subprocess
+import sysconfig
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
+
+from handgrad._io import temporary_beside
 
 T = TypeVar("T")
 
@@ -60,3 +71,35 @@ class Build(Generic[T]):
         """``(True, "")`` if it is built and loads, else ``(False, reason)``."""
         built = self.get() is not None
         return built, "" if built else str(self.failure)
+
+
+def c_compiler() -> list[str]:
+    """``$CC``, else the compiler Python was built with."""
+    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+
+
+def c_library(source: Path, flags: Sequence[str]) -> ctypes.CDLL:
+    """Compile the C file ``source`` into a shared library, unless this very build is cached,
+    and load it. Source, flags, compiler and machine are in the file's name: a cached build is
+    only ever this one."""
+    compiler = c_compiler()
+    key = "\0".join([source.read_text(), *flags, *compiler, platform.machine()]).encode()
+    target = build_dir() / f"handgrad_{source.stem}_{hashlib.sha256(key).hexdigest()[:12]}.so"
+    if not target.exists():
+        compile_c(compiler, source, flags, target)
+    return ctypes.CDLL(str(target))
+
+
+def compile_c(compiler: list[str], source: Path, flags: Sequence[str], target: Path) -> None:
+    """Compile into a temporary file beside ``target`` and rename it into place: a reader (or
+    another process building the same file) never sees half a library."""
+    with temporary_beside(target) as tmp:
+        done = subprocess.run(
+            [*compiler, *flags, "-shared", "-fPIC", "-o", str(tmp), str(source)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise subprocess.SubprocessError(done.stderr.strip() or f"exit {done.returncode}")
+        os.replace(tmp, target)

@@ -56,6 +56,7 @@ def test_no_help_has_double_backticks_and_model_lists_every_recipe() -> None:
         assert "``" not in parser.format_help(), name
     model = next(a for a in parsers()["train"]._actions if "--model" in a.option_strings)
     assert all(f"{m} (" in model.help for m in MODELS)
+    assert "no recipe" not in model.help  # every model has a recipe and a description
 
 
 def test_bench_help_names_no_issue() -> None:

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+import handgrad._build
 from handgrad._build import Build
 from handgrad.data import DataLoader, rowcopy
 
@@ -154,7 +155,7 @@ def test_built_once_then_loaded_from_the_cache(fresh, monkeypatch) -> None:
     def no_second_build(*args: object) -> None:
         raise AssertionError("compiled again")
 
-    monkeypatch.setattr(rowcopy, "_compile", no_second_build)
+    monkeypatch.setattr(handgrad._build, "compile_c", no_second_build)
     assert rowcopy.status()[0]
 
 

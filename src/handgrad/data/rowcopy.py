@@ -1,31 +1,24 @@
 """The DataLoader's compiled row copy: ``out[j] = x[idx[j]]`` with streaming stores.
 
 ``rowcopy.c`` is one small C function. It is compiled with the system's C compiler on first
-use (a fraction of a second; cached beside the fast path's build, see
-:mod:`handgrad._build`) and called through :mod:`ctypes`, which lets go of the GIL while it
-runs. Where it cannot be built (no compiler, ``HANDGRAD_FAST=0``) or the tensors do not suit
-it, :func:`gather_rows` says so by returning ``False`` and the caller uses
-``torch.index_select``: the rows are the same, bit for bit, only slower.
+use (a fraction of a second; cached by :func:`handgrad._build.c_library`) and called through
+:mod:`ctypes`, which lets go of the GIL while it runs. Where it cannot be built (no compiler,
+``HANDGRAD_FAST=0``) or the tensors do not suit it, :func:`gather_rows` says so by returning
+``False`` and the caller uses ``torch.index_select``: the rows are the same, bit for bit, only
+slower.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import platform
-import shlex
-import subprocess
-import sysconfig
 import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from handgrad._build import Build, build_dir
-from handgrad._io import temporary_beside
+from handgrad._build import Build, c_library
 
 _SOURCE = Path(__file__).with_name("rowcopy.c")
 #: Below this many bytes of x per thread, more threads cost more to start than they save.
@@ -35,19 +28,9 @@ PARALLEL_MIN_BYTES = 8 * 1024 * 1024
 MAX_THREADS = 8
 
 
-def _compiler() -> list[str]:
-    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
-
-
 def _load() -> ctypes.CDLL:
     """Compile ``rowcopy.c`` unless this very build is cached, and load it."""
-    compiler = _compiler()
-    # Source, compiler and machine in the name: a cached build is only ever this one.
-    key = f"{_SOURCE.read_text()}\0{compiler}\0{platform.machine()}".encode()
-    target = build_dir() / f"handgrad_rowcopy_{hashlib.sha256(key).hexdigest()[:12]}.so"
-    if not target.exists():
-        _compile(compiler, target)
-    lib = ctypes.CDLL(str(target))
+    lib = c_library(_SOURCE, ["-O2"])
     fn = lib.handgrad_scatter_rows
     fn.argtypes = [
         ctypes.c_void_p,
@@ -62,21 +45,6 @@ def _load() -> ctypes.CDLL:
 
 #: The compiled library, built on first use (``build.get()``; ``None`` where it cannot be).
 build = Build(_SOURCE, _load)
-
-
-def _compile(compiler: list[str], target: Path) -> None:
-    """Compile into a temporary file beside ``target`` and rename it into place: a reader (or
-    another process building the same file) never sees half a library."""
-    with temporary_beside(target) as tmp:
-        done = subprocess.run(
-            [*compiler, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(_SOURCE)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            raise subprocess.SubprocessError(done.stderr.strip() or f"exit {done.returncode}")
-        os.replace(tmp, target)
 
 
 def status() -> tuple[bool, str]:

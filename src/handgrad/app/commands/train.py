@@ -141,7 +141,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def model_help() -> str:
     """``lesson (784-50-1 MSE regression), mlp (...), cnn (...)``: every recipe, described."""
-    return ", ".join(f"{name} ({MODEL_NOTES.get(name, 'no recipe of its own')})" for name in MODELS)
+    return ", ".join(
+        f"{name} ({MODEL_NOTES[name]})" if name in MODEL_NOTES else name for name in MODELS
+    )
 
 
 #: What each model is, for --model's help.
@@ -149,6 +151,7 @@ MODEL_NOTES = {
     "lesson": "the lesson's 784-50-1 net, MSE on the digit's value",
     "mlp": "Linear-ReLU blocks of --hidden widths",
     "cnn": "5 conv-batchnorm-ReLU blocks, 16-128 channels, global average pool",
+    "resnet": "a conv stem and 4 residual blocks, 16-128 channels, global average pool",
 }
 
 

@@ -36,11 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from handgrad.nn.functional import conv_fast
+
 Method = Literal["auto", "im2col", "direct"]
 METHODS = ("auto", "im2col", "direct")
 
 #: ``auto`` lowers to im2col when a patch (C/G * kh * kw values) is at most this long.
 IM2COL_MAX_PATCH = 32
+#: The compiled weight gradient runs from this many output pixels per image (a 20x20 map): it
+#: beats PyTorch's kernels 1.2-2.7x at 28x28 and more, ties or loses at 14x14 (RESULTS.md).
+COMPILED_MIN_POSITIONS = 400
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,24 @@ def conv2d_backward(
 
 def _input_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeometry) -> Tensor:
     """``dx`` = the transposed convolution of ``dy`` with ``W``. When the strided windows do
-    not reach the last rows/columns of ``x``, ``output_padding`` restores them (as zeros)."""
+    not reach the last rows/columns of ``x``, ``output_padding`` restores them (as zeros).
+
+    With stride 1 (no dilation, one group) the transposed convolution is an ordinary one:
+    ``dx[n, c, u, v] = sum_{o,i,j} dy[n, o, u + p - i, v + p - j] W[o, c, i, j]`` correlates
+    ``dy``, padded by ``k - 1 - p``, with ``W`` flipped in both spatial axes and with its
+    channel axes swapped. PyTorch's CPU forward kernel runs that up to 1.4x faster than its
+    transposed one (benchmarks/RESULTS.md, "Residual networks").
+    """
+    (kh, kw), (ph, pw) = geo.kernel, geo.padding
+    if (
+        geo.stride == (1, 1)
+        and geo.dilation == (1, 1)
+        and geo.groups == 1
+        and 0 <= ph <= kh - 1
+        and 0 <= pw <= kw - 1
+    ):
+        flipped = weight.transpose(0, 1).flip(2, 3)  # (C, O, kh, kw), W[o, c, kh-1-i, kw-1-j]
+        return F.conv2d(dout, flipped, None, 1, (kh - 1 - ph, kw - 1 - pw))  # (N, C, H, W)
     ho, wo = dout.shape[2:]
     output_padding = tuple(
         size + 2 * p - ((out - 1) * s + d * (k - 1) + 1)
@@ -235,10 +257,20 @@ def _weight_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeomet
     convolution of ``x^T`` (C/G, G*N, H, W) with the "kernel" ``dy^T`` (O, N, Ho, Wo), with the
     stride and the dilation swapped and ``G`` groups. Its output can be a little larger than
     (kh, kw) when the last strided window stops short of the border; the extra taps are cut.
+
+    PyTorch's kernels run that (N, Ho, Wo)-sized "kernel" slowly on large images, so a 3x3
+    stride-1 convolution with at least ``COMPILED_MIN_POSITIONS`` output pixels per image gets
+    the same sum from :mod:`handgrad.nn.functional.conv_fast` (compiled C) where it is built.
     """
+    ho, wo = dout.shape[2], dout.shape[3]
+    if ho * wo >= COMPILED_MIN_POSITIONS and conv_fast.applies(
+        x, dout, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.groups
+    ):
+        dw = conv_fast.conv3x3_weight_grad(x, dout, geo.padding)
+        if dw is not None:
+            return dw
     n, c, h, w = x.shape
-    o, ho, wo = dout.shape[1], dout.shape[2], dout.shape[3]
-    g = geo.groups
+    o, g = dout.shape[1], geo.groups
     x_t = x.reshape(n, g, c // g, h, w).transpose(0, 2).reshape(c // g, g * n, h, w)
     d_t = dout.reshape(n, g, o // g, ho, wo).permute(1, 2, 0, 3, 4).reshape(o, n, ho, wo)
     corr = F.conv2d(

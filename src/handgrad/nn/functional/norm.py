@@ -17,7 +17,10 @@ Batch norm comes twice. :func:`batchnorm_forward`/:func:`batchnorm_backward` are
 as written above, to read and to check against. :func:`fused_batchnorm_forward`/
 :func:`fused_batchnorm_backward` compute the same numbers in fewer passes over memory, and
 :func:`batchnorm_relu_forward`/:func:`batchnorm_relu_backward` add a ReLU to them: these are
-what the layers run. Tests hold the pairs equal; the caches are interchangeable.
+what the layers run. Tests hold the pairs equal; the caches are interchangeable. In training
+on float32 CPU tensors the fused pair runs as compiled C where it is built
+(:mod:`handgrad.nn.functional.norm_fast`: a channel at a time, so that its passes read the
+cache), with the ATen formulation here as its fallback and reference.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from handgrad.nn.functional import norm_fast
 
 
 class NormCache(NamedTuple):
@@ -191,7 +196,34 @@ def fused_batchnorm_forward(
 ) -> tuple[Tensor, NormCache | None]:
     """:func:`batchnorm_forward`, computed as ``y = x * scale + shift`` per channel with
     ``scale = gamma * inv_std`` and ``shift = beta - mean * scale``: one pass over ``x``."""
+    return _fused_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, False)
+
+
+def _fused_forward(
+    x: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    relu: bool,
+) -> tuple[Tensor, NormCache | None]:
+    """The fused forward, then a ReLU when ``relu``. In training on float32 CPU tensors the
+    compiled channel-at-a-time version (:mod:`handgrad.nn.functional.norm_fast`) computes the
+    same numbers where it is built; the ATen formulation below is the fallback and the
+    reference the tests hold it to."""
     dims, shape = _channel_axes(x, training)
+    if training and norm_fast.applies(x, gamma, beta):
+        done = norm_fast.forward(x, gamma, beta, eps, relu)
+        if done is not None:
+            out, mean64, var64 = done  # (C,) each, float64
+            mean, var = mean64.to(x.dtype), var64.to(x.dtype)
+            _update_running(running_mean, running_var, mean, var, _count(x, dims), momentum)
+            inv_std = (var64 + eps).rsqrt_().to(x.dtype)
+            g = None if gamma is None else gamma.view(shape)
+            return out, NormCache(x, mean.view(shape), inv_std.view(shape), g, dims)
     x3 = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, L): a view; L = H*W, or 1 for (N, C)
     if training:
         m = _count(x, dims)
@@ -207,6 +239,8 @@ def fused_batchnorm_forward(
     else:
         shift = torch.addcmul(beta.view(1, -1, 1), mean, scale, value=-1.0)  # beta - mean*scale
     out = torch.addcmul(shift, x3, _plane(scale, x3)).view(x.shape)
+    if relu:
+        out = out.clamp_min_(0.0)
     if not training:
         return out, None
     g = None if gamma is None else gamma.view(shape)
@@ -221,9 +255,29 @@ def fused_batchnorm_backward(
     ``sum(dxhat) = gamma * sum(dy)`` and ``sum(dxhat * xhat) = gamma * sum(dy * xhat)``: the
     formula needs only the two parameter gradients, and ``dx = a * dy + b * xhat + c`` with
     per-channel ``a, b, c``."""
+    done = _compiled_backward(dout, None, cache, affine, need_dx)
+    if done is not None:
+        return done
     x = cache.x
     dy = dout.reshape(x.shape[0], x.shape[1], -1)  # (N, C, L), as in the forward
     return _fused_backward(dy, cache, affine=affine, need_dx=need_dx)
+
+
+def _compiled_backward(
+    dout: Tensor, out: Tensor | None, cache: NormCache, affine: bool, need_dx: bool
+) -> tuple[Tensor | None, Tensor | None, Tensor | None] | None:
+    """The backward by :mod:`handgrad.nn.functional.norm_fast` where it applies (float32 CPU
+    tensors, the library built); ``None`` otherwise."""
+    x, mean, inv_std, gamma, _ = cache
+    g = None if gamma is None else gamma.reshape(-1)
+    if not (norm_fast.applies(x, g) and norm_fast.applies(dout) and dout.shape == x.shape):
+        return None
+    if out is not None and not (norm_fast.applies(out) and out.shape == x.shape):
+        return None
+    done = norm_fast.backward(dout, out, x, g, mean, inv_std, need_dx)
+    if done is None or affine:
+        return done
+    return done[0], None, None
 
 
 def _fused_backward(
@@ -273,10 +327,7 @@ def batchnorm_relu_forward(
     """``y = max(gamma * (x - mean) * inv_std + beta, 0)``: the fused batch norm, then a ReLU
     that clamps its output buffer in place. Only ``x`` and ``y`` stay alive for the backward
     (both held anyway), not the batch norm's output as with two separate layers."""
-    out, cache = fused_batchnorm_forward(
-        x, gamma, beta, running_mean, running_var, training=training, momentum=momentum, eps=eps
-    )
-    return out.clamp_min_(0.0), cache
+    return _fused_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, True)
 
 
 def batchnorm_relu_backward(
@@ -288,6 +339,9 @@ def batchnorm_relu_backward(
     batch norm's output gradient is ``dy * (y > 0)``, read from ``out`` by ATen's
     ``threshold_backward`` (no mask stored); then the fused batch-norm backward.
     """
+    done = _compiled_backward(dout, out, cache, affine, need_dx)
+    if done is not None:
+        return done
     x = cache.x
     masked = torch.ops.aten.threshold_backward(dout, out, 0.0)  # dy * (y > 0), x's shape
     dy = masked.reshape(x.shape[0], x.shape[1], -1)  # (N, C, L)

@@ -1,0 +1,124 @@
+"""The compiled batch norm (norm_kernels.c) against the readable formula in float64: outputs,
+running statistics and gradients, with and without the ReLU, affine or not, over shapes and
+thread counts; the layers take it in float32 training; where it cannot be built they run the
+ATen formulation unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handgrad._build import Build
+from handgrad.nn import functional as F
+from handgrad.nn.functional import norm_fast
+from handgrad.nn.layers import BatchNorm2d, BatchNormReLU2d
+
+needs_build = pytest.mark.skipif(
+    not norm_fast.build.status()[0], reason=f"no compiled batch norm: {norm_fast.build.failure}"
+)
+
+
+def readable(x, gamma, beta, dout, relu):
+    """Output, mean, var and (dx, dgamma, dbeta) by the readable formula in float64."""
+    x64 = x.double()
+    g64 = None if gamma is None else gamma.double()
+    b64 = None if beta is None else beta.double()
+    rm, rv = (
+        torch.zeros(x.shape[1], dtype=torch.float64),
+        torch.ones(x.shape[1], dtype=torch.float64),
+    )
+    out, cache = F.batchnorm_forward(x64, g64, b64, rm, rv, training=True, momentum=1.0)
+    d = dout.double()
+    if relu:
+        d = d * (out > 0)
+        out = out.clamp_min(0.0)
+    dx, dgamma, dbeta = F.batchnorm_backward(d, cache)
+    return out, rm, rv, dx, dgamma, dbeta
+
+
+def close(got, want, what, tol=2e-5):
+    err = (got.double() - want).abs().max() / want.abs().max().clamp_min(1.0)
+    assert err < tol, f"{what}: relative error {err:.2e}"
+
+
+@needs_build
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize(
+    "shape", [(4, 3, 5, 5), (1, 2, 3, 3), (7, 5, 1, 9), (16, 16, 28, 28), (3, 4, 6)]
+)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_equals_the_readable_formula(shape, affine, relu, threads) -> None:
+    gen = torch.Generator().manual_seed(sum(shape) + 10 * affine + relu)
+    x = torch.randn(shape, generator=gen) * 3 + 2  # mean 2: a one-pass variance would cancel
+    c = shape[1]
+    gamma = torch.randn(c, generator=gen) if affine else None  # some negative
+    beta = torch.randn(c, generator=gen) if affine else None
+    dout = torch.randn(shape, generator=gen)
+    out, rm, rv, dx, dgamma, dbeta = readable(x, gamma, beta, dout, relu)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run = torch.zeros(c), torch.ones(c)
+        forward = F.batchnorm_relu_forward if relu else F.fused_batchnorm_forward
+        y, cache = forward(x, gamma, beta, *run, training=True, momentum=1.0)
+        if relu:
+            got = F.batchnorm_relu_backward(dout, y, cache, affine=affine)
+        else:
+            got = F.fused_batchnorm_backward(dout, cache, affine=affine)
+    finally:
+        torch.set_num_threads(before)
+    close(y, out, "output")
+    close(run[0], rm, "running mean")
+    close(run[1], rv, "running var")  # unbiased, as PyTorch keeps it
+    close(got[0], dx, "dx")
+    if affine:
+        close(got[1], dgamma, "dgamma", 1e-4)
+        close(got[2], dbeta, "dbeta", 1e-4)
+    else:
+        assert got[1] is None and got[2] is None
+
+
+@needs_build
+def test_the_layers_call_it_in_float32_training_only(monkeypatch) -> None:
+    calls: list[str] = []
+    for name in ("forward", "backward"):
+        real = getattr(norm_fast, name)
+        monkeypatch.setattr(
+            norm_fast, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a)
+        )
+    for layer in (BatchNorm2d(3), BatchNormReLU2d(3)):
+        x = torch.randn(4, 3, 5, 5)
+        layer.backward(torch.randn_like(layer(x)))
+        layer.eval()
+        layer(x)  # evaluation: the running statistics, by ATen
+        layer.train().double()
+        layer(x.double())  # float64: the readable reference
+    assert calls == ["forward", "backward"] * 2
+
+
+@needs_build
+def test_without_dx_only_the_parameter_gradients() -> None:
+    x, dout = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    y, cache = F.batchnorm_relu_forward(x, torch.ones(2), torch.zeros(2), None, None, training=True)
+    dx, dgamma, dbeta = F.batchnorm_relu_backward(dout, y, cache, need_dx=False)
+    _, _, _, _, want_g, want_b = readable(x, torch.ones(2), torch.zeros(2), dout, True)
+    assert dx is None
+    close(dgamma, want_g, "dgamma", 1e-4)
+    close(dbeta, want_b, "dbeta", 1e-4)
+
+
+def test_no_compiler_means_the_aten_formulation(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(norm_fast, "build", Build(norm_fast._SOURCE, norm_fast._load))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    x, dout = torch.randn(4, 3, 5, 5) * 2 + 1, torch.randn(4, 3, 5, 5)
+    gamma, beta = torch.randn(3), torch.randn(3)
+    y, cache = F.batchnorm_relu_forward(x, gamma, beta, None, None, training=True)
+    got = F.batchnorm_relu_backward(dout, y, cache)
+    assert "norm_kernels.c" in str(norm_fast.build.failure)
+    out, _, _, dx, dgamma, dbeta = readable(x, gamma, beta, dout, True)
+    close(y, out, "output")
+    close(got[0], dx, "dx")
+    close(got[1], dgamma, "dgamma", 1e-4)
+    close(got[2], dbeta, "dbeta", 1e-4)
