@@ -43,9 +43,6 @@ METHODS = ("auto", "im2col", "direct")
 
 #: ``auto`` lowers to im2col when a patch (C/G * kh * kw values) is at most this long.
 IM2COL_MAX_PATCH = 32
-#: The compiled weight gradient runs from this many output pixels per image (a 20x20 map): it
-#: beats PyTorch's kernels 1.2-2.7x at 28x28 and more, ties or loses at 14x14 (RESULTS.md).
-COMPILED_MIN_POSITIONS = 400
 
 
 @dataclass(frozen=True)
@@ -258,17 +255,15 @@ def _weight_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeomet
     stride and the dilation swapped and ``G`` groups. Its output can be a little larger than
     (kh, kw) when the last strided window stops short of the border; the extra taps are cut.
 
-    PyTorch's kernels run that (N, Ho, Wo)-sized "kernel" slowly on large images, so a 3x3
-    stride-1 convolution with at least ``COMPILED_MIN_POSITIONS`` output pixels per image gets
-    the same sum from :mod:`handgrad.nn.functional.conv_fast` (compiled C) where it is built.
+    PyTorch's kernels run that (N, Ho, Wo)-sized "kernel" 1.4-2.7x slower than a matrix
+    product would, so a 3x3 convolution (any stride) gets the same sum from
+    :mod:`handgrad.nn.functional.conv_fast` (compiled C) where it is built.
     """
-    ho, wo = dout.shape[2], dout.shape[3]
-    if ho * wo >= COMPILED_MIN_POSITIONS and conv_fast.applies(
-        x, dout, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.groups
-    ):
-        dw = conv_fast.conv3x3_weight_grad(x, dout, geo.padding)
+    if conv_fast.applies(x, dout, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.groups):
+        dw = conv_fast.conv3x3_weight_grad(x, dout, geo.padding, geo.stride)
         if dw is not None:
             return dw
+    ho, wo = dout.shape[2], dout.shape[3]
     n, c, h, w = x.shape
     o, g = dout.shape[1], geo.groups
     x_t = x.reshape(n, g, c // g, h, w).transpose(0, 2).reshape(c // g, g * n, h, w)

@@ -1,162 +1,193 @@
-/* The weight gradient of a 3x3, stride-1 convolution (float32, NCHW), written out by hand.
+/* The weight gradient of a 3x3 convolution (float32, NCHW, any stride, one group), written out
+   by hand:
 
-   dW[o, c, i, j] = sum over n, a, b of dy[n, o, a, b] * xpad[n, c, a + i, b + j]
+       dW[o, c, i, j] = sum over n, a, b of dy[n, o, a, b] * xpad[n, c, a s + i, b s + j]
 
-   Both operands are first copied onto one "padded grid" per channel: every image becomes an
-   Hp x Wp plane (Hp = H + 2 ph, Wp = W + 2 pw), the images follow each other, and
+   It is a matrix product, dW^T[(c, i, j), o] = sum_q X[(c, i, j), q] dyT[q, o], over the
+   N Ho Wo output positions q = (n, a, b), with X the im2col columns of x. The columns are never
+   built: X[(c, i, j), q] is one float of x at a fixed offset i Wp + j from where q's window
+   starts, so the kernel reads it straight from x (copied once onto a zero-padded grid,
+   xg[c][n][Hp][Wp]). dy is copied once as dyT[q][o] (o padded with zeros to a multiple of 16)
+   so that a vector of 16 (AVX-512) or 8 output channels is one load.
 
-       xg[c][p]  = xpad[n, c, r, s]                at p = n Hp Wp + r Wp + s,
-       dyg[o][p] = dy[n, o, a, b], zero outside    at p = n Hp Wp + a Wp + b  (a < Ho, b < Wo).
+   The inner loop is a matrix-product micro-kernel: per position q it loads V vectors of dyT
+   (V LANES output channels), broadcasts the 9 K taps of K input channels, and does 9 K V
+   multiply-adds into accumulators that stay in registers for a whole chunk of positions
+   (AVX-512: V = 2, K = 1, 18 accumulators and 11 loads per 18 FMAs; one vector of channels,
+   V = 1, takes K = 2). Threads (PyTorch's OpenMP team, see run) split the positions, each
+   summing into a private dW, added up at the end; chunks of rows keep their slice of x and dy
+   in the L2 cache while every block of channels reads it.
 
-   On that grid the tap (i, j) is a constant shift, xpad[n, c, a + i, b + j] = xg[c][p + i Wp + j],
-   so dW[o, c, i, j] = sum_p dyg[o][p] xg[c][p + i Wp + j]: nine dot products of two long
-   contiguous rows, which vectorise along p with no gather and no index arithmetic. Two output
-   channels share each load of x (18 accumulators in registers; three, 27, measured slower). The grid's extra columns and
-   rows carry dy = 0, so they add nothing (their share of the work is (Hp Wp - Ho Wo) / Hp Wp).
-
-   Work is split over output channels (each thread owns whole rows of dW: no reduction), and p
-   is walked in chunks whose x rows stay in the L2 cache while every output channel reads them.
    Built with the system's C compiler on first use (handgrad.nn.functional.conv_fast); the
-   inner loop is compiled for AVX-512, AVX2 and plain code, and the CPU's best one runs. */
+   micro-kernel is compiled for AVX-512, AVX2 and plain code, and the CPU's best one runs. */
 
-#include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 
-#define V 16 /* grid rows are padded to a multiple of the widest vector, 16 floats */
+#define OPAD 16 /* dyT rows are padded to a multiple of the widest vector, 16 floats */
 
 typedef struct {
   const float *x, *dy;
-  float *xg, *dyg, *dw;
-  int64_t n, c, h, w, o, ph, pw, hp, wp, ho, wo, grid, chunk;
-  int64_t lo, hi; /* this thread's range (channels to copy, or output channels to compute) */
+  float *xg, *dyt, *part;
+  int64_t n, c, h, w, o, opad, ph, pw, sh, sw, hp, wp, ho, wo;
+  int64_t chunk; /* rows (n, a) per chunk */
 } job;
 
-/* Copy x's channels [lo, hi) and dy's output channels [lo2, hi2) onto their grids. */
-static void *copy_grids(void *arg) {
-  const job *jb = (const job *)arg;
-  const int64_t hp = jb->hp, wp = jb->wp, g = jb->grid;
-  for (int64_t ch = jb->lo; ch < jb->hi; ch++) {
-    if (ch < jb->c) { /* an input channel */
-      float *dst = jb->xg + ch * g;
-      memset(dst, 0, (size_t)g * sizeof(float));
-      for (int64_t n = 0; n < jb->n; n++) {
-        const float *src = jb->x + (n * jb->c + ch) * jb->h * jb->w;
-        float *img = dst + n * hp * wp;
-        for (int64_t r = 0; r < jb->h; r++)
-          memcpy(img + (r + jb->ph) * wp + jb->pw, src + r * jb->w, (size_t)jb->w * sizeof(float));
-      }
-    } else { /* an output channel of dy */
-      const int64_t oc = ch - jb->c;
-      float *dst = jb->dyg + oc * g;
-      memset(dst, 0, (size_t)g * sizeof(float));
-      for (int64_t n = 0; n < jb->n; n++) {
-        const float *src = jb->dy + (n * jb->o + oc) * jb->ho * jb->wo;
-        float *img = dst + n * hp * wp;
-        for (int64_t a = 0; a < jb->ho; a++)
-          memcpy(img + a * wp, src + a * jb->wo, (size_t)jb->wo * sizeof(float));
-      }
-    }
+/* x onto its padded grid, channel ch (rows of zeros around each image) */
+static void copy_x(const job *jb, int64_t ch) {
+  const int64_t img = jb->hp * jb->wp;
+  float *dst = jb->xg + ch * jb->n * img;
+  memset(dst, 0, (size_t)(jb->n * img) * sizeof(float));
+  for (int64_t n = 0; n < jb->n; n++) {
+    const float *src = jb->x + (n * jb->c + ch) * jb->h * jb->w;
+    for (int64_t r = 0; r < jb->h; r++)
+      memcpy(dst + n * img + (r + jb->ph) * jb->wp + jb->pw, src + r * jb->w,
+             (size_t)jb->w * sizeof(float));
   }
-  return NULL;
 }
 
-/* dW rows [lo, hi): the nine shifted dot products, OB output channels at a time, so that each
-   load of x feeds OB multiply-adds (AVX-512's 32 registers hold 2 x 9 accumulators; AVX2's 16
-   hold 9). The macro defines it once per instruction set; wgrad_thread runs the best one the
-   CPU has. */
-#define WGRAD_ROWS(NAME, ATTR, LANES, OB)                                                     \
+/* dy's image n as dyT[q][o], q = (n Ho + a) Wo + b; the padded channels are zero */
+static void copy_dy(const job *jb, int64_t n) {
+  const int64_t l = jb->ho * jb->wo, opad = jb->opad;
+  float *dst = jb->dyt + n * l * opad;
+  for (int64_t q = 0; q < l; q++)
+    for (int64_t o = jb->o; o < opad; o++) dst[q * opad + o] = 0.0f;
+  for (int64_t o = 0; o < jb->o; o++) {
+    const float *src = jb->dy + (n * jb->o + o) * l;
+    for (int64_t q = 0; q < l; q++) dst[q * opad + o] = src[q];
+  }
+}
+
+/* part[(c0 + k) 9 + t][o0 ...] += the sums over rows [r0, r1) for V LANES output channels from
+   o0 and K input channels from c0. One instance per (instruction set, LANES, V, K). */
+#define WGRAD_BLOCK(NAME, ATTR, LANES, V, K)                                                  \
   typedef float NAME##_v __attribute__((vector_size(4 * LANES)));                           \
-  typedef float NAME##_u __attribute__((vector_size(4 * LANES), aligned(4)));               \
-  ATTR static void NAME(const job *jb) {                                                    \
-    const int64_t wp = jb->wp, c_n = jb->c, total = jb->n * jb->hp * jb->wp;               \
+  ATTR static void NAME(const job *jb, float *part, int64_t o0, int64_t c0, int64_t r0,     \
+                        int64_t r1) {                                                       \
+    const int64_t wp = jb->wp, wo = jb->wo, opad = jb->opad, sw = jb->sw;                  \
+    const int64_t cs = jb->n * jb->hp * wp; /* one channel's grid */                        \
     const int64_t off[9] = {0, 1, 2, wp, wp + 1, wp + 2, 2 * wp, 2 * wp + 1, 2 * wp + 2};  \
-    for (int64_t start = 0; start < total; start += jb->chunk) {                            \
-      const int64_t end = start + jb->chunk < total ? start + jb->chunk : total;            \
-      for (int64_t o = jb->lo; o < jb->hi; o += OB) {                                       \
-        const float *d[OB];                                                                 \
-        int64_t rows = 0; /* output channels in this block: OB, or fewer at the end */     \
-        for (int b = 0; b < OB; b++) {                                                      \
-          rows += o + b < jb->hi;                                                           \
-          d[b] = jb->dyg + (o + b < jb->hi ? o + b : o) * jb->grid;                         \
-        }                                                                                   \
-        for (int64_t c = 0; c < c_n; c++) {                                                 \
-          const float *xc = jb->xg + c * jb->grid;                                          \
-          NAME##_v acc[OB][9];                                                              \
-          for (int b = 0; b < OB; b++)                                                      \
-            for (int t = 0; t < 9; t++) acc[b][t] = (NAME##_v){0};                          \
-          for (int64_t p = start; p < end; p += LANES) { /* rows are padded to V */        \
-            NAME##_v y[OB];                                                                 \
-            for (int b = 0; b < OB; b++) y[b] = *(const NAME##_u *)(d[b] + p);              \
-            for (int t = 0; t < 9; t++) {                                                   \
-              const NAME##_v xv = *(const NAME##_u *)(xc + p + off[t]);                     \
-              for (int b = 0; b < OB; b++) acc[b][t] += y[b] * xv;                          \
-            }                                                                               \
+    NAME##_v acc[K * 9][V];                                                                 \
+    for (int r = 0; r < K * 9; r++)                                                         \
+      for (int v = 0; v < V; v++)                                                           \
+        acc[r][v] = *(const NAME##_v *)(part + ((c0 * 9 + r) * opad + o0 + v * LANES));     \
+    for (int64_t row = r0; row < r1; row++) {                                               \
+      const int64_t n = row / jb->ho, a = row - n * jb->ho;                                 \
+      const float *xr = jb->xg + c0 * cs + n * jb->hp * wp + a * jb->sh * wp;               \
+      const float *dr = jb->dyt + row * wo * opad + o0;                                     \
+      for (int64_t b = 0; b < wo; b++) {                                                    \
+        NAME##_v d[V];                                                                      \
+        for (int v = 0; v < V; v++) d[v] = *(const NAME##_v *)(dr + b * opad + v * LANES);  \
+        const float *xb = xr + b * sw;                                                      \
+        for (int k = 0; k < K; k++)                                                         \
+          for (int t = 0; t < 9; t++) {                                                     \
+            const float xs = xb[k * cs + off[t]];                                           \
+            for (int v = 0; v < V; v++) acc[k * 9 + t][v] += d[v] * xs;                     \
           }                                                                                 \
-          for (int b = 0; b < rows; b++)                                                    \
-            for (int t = 0; t < 9; t++) {                                                   \
-              float sum = 0.0f;                                                             \
-              for (int k = 0; k < LANES; k++) sum += acc[b][t][k];                          \
-              jb->dw[((o + b) * c_n + c) * 9 + t] += sum;                                   \
-            }                                                                               \
-        }                                                                                   \
       }                                                                                     \
     }                                                                                       \
+    for (int r = 0; r < K * 9; r++)                                                         \
+      for (int v = 0; v < V; v++)                                                           \
+        *(NAME##_v *)(part + ((c0 * 9 + r) * opad + o0 + v * LANES)) = acc[r][v];           \
   }
+
+typedef void (*block_fn)(const job *, float *, int64_t, int64_t, int64_t, int64_t);
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_X86 1
-WGRAD_ROWS(rows_avx512, __attribute__((target("avx512f,fma"))), 16, 2)
-WGRAD_ROWS(rows_avx2, __attribute__((target("avx2,fma"))), 8, 1)
+WGRAD_BLOCK(avx512_v2k1, __attribute__((target("avx512f,fma"))), 16, 2, 1)
+WGRAD_BLOCK(avx512_v1k2, __attribute__((target("avx512f,fma"))), 16, 1, 2)
+WGRAD_BLOCK(avx512_v1k1, __attribute__((target("avx512f,fma"))), 16, 1, 1)
+WGRAD_BLOCK(avx2_v1k1, __attribute__((target("avx2,fma"))), 8, 1, 1)
 #endif
-WGRAD_ROWS(rows_plain, , 4, 1)
+WGRAD_BLOCK(plain_v1k1, , 4, 1, 1)
 
-static void *wgrad_thread(void *arg) {
-  const job *jb = (const job *)arg;
+/* The blocks of (output, input) channels that cover one chunk of rows, with the widest
+   micro-kernel each block allows. */
+static void chunk_sums(const job *jb, float *part, int64_t r0, int64_t r1) {
+  const int64_t opad = jb->opad, c_n = jb->c;
 #ifdef HAVE_X86
-  if (__builtin_cpu_supports("avx512f")) return rows_avx512(jb), NULL;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return rows_avx2(jb), NULL;
-#endif
-  rows_plain(jb);
-  return NULL;
-}
-
-/* Run fn on `threads` jobs splitting [0, count) (in steps of `step`); the caller runs the last. */
-static void run_split(void *(*fn)(void *), job base, int64_t count, int64_t step, int threads) {
-  job jobs[64];
-  pthread_t ids[64];
-  if (threads < 1) threads = 1;
-  if (threads > 64) threads = 64;
-  const int64_t units = (count + step - 1) / step;
-  if (threads > units) threads = (int)units;
-  int started = 0;
-  for (int t = 0; t < threads; t++) {
-    jobs[t] = base;
-    jobs[t].lo = (units * t / threads) * step;
-    jobs[t].hi = (units * (t + 1) / threads) * step;
-    if (jobs[t].hi > count) jobs[t].hi = count;
+  if (__builtin_cpu_supports("avx512f")) {
+    int64_t o0 = 0;
+    for (; o0 + 32 <= opad; o0 += 32)
+      for (int64_t c = 0; c < c_n; c++) avx512_v2k1(jb, part, o0, c, r0, r1);
+    for (; o0 < opad; o0 += 16) {
+      int64_t c = 0;
+      for (; c + 2 <= c_n; c += 2) avx512_v1k2(jb, part, o0, c, r0, r1);
+      for (; c < c_n; c++) avx512_v1k1(jb, part, o0, c, r0, r1);
+    }
+    return;
   }
-  for (int t = 0; t + 1 < threads; t++)
-    if (pthread_create(&ids[t], NULL, fn, &jobs[t]) == 0) started = t + 1;
-    else break;
-  for (int t = started; t < threads; t++) fn(&jobs[t]); /* what no thread took, run here */
-  for (int t = 0; t < started; t++) pthread_join(ids[t], NULL);
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    for (int64_t o0 = 0; o0 < opad; o0 += 8)
+      for (int64_t c = 0; c < c_n; c++) avx2_v1k1(jb, part, o0, c, r0, r1);
+    return;
+  }
+#endif
+  for (int64_t o0 = 0; o0 < opad; o0 += 4)
+    for (int64_t c = 0; c < c_n; c++) plain_v1k1(jb, part, o0, c, r0, r1);
 }
 
-/* dw (O, C, 3, 3) = the weight gradient; xg and dyg are workspaces of c * grid and o * grid
-   floats, grid = round_up(n hp wp + 2 wp + 2, 16) + 16 (the last shifted loads stay inside). */
-void handgrad_conv3x3_wgrad(const float *x, const float *dy, float *dw, float *xg, float *dyg,
-                            int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t ph,
-                            int64_t pw, int64_t grid, int threads) {
-  job base = {0};
-  base.x = x, base.dy = dy, base.xg = xg, base.dyg = dyg, base.dw = dw;
-  base.n = n, base.c = c, base.h = h, base.w = w, base.o = o, base.ph = ph, base.pw = pw;
-  base.hp = h + 2 * ph, base.wp = w + 2 * pw;
-  base.ho = base.hp - 2, base.wo = base.wp - 2, base.grid = grid;
-  /* x rows of one chunk (c * chunk floats) should stay in a 256 KiB share of L2 */
-  int64_t chunk = (65536 / (c + 2)) / V * V;
-  base.chunk = chunk < 256 ? 256 : chunk;
-  memset(dw, 0, (size_t)(o * c * 9) * sizeof(float));
-  run_split(copy_grids, base, c + o, 1, threads);
-  run_split(wgrad_thread, base, o, 2, threads);
+/* Split each loop between `threads` threads of the OpenMP team. Built with -fopenmp, the
+   library needs libgomp.so.1, which the dynamic loader resolves to the copy PyTorch already
+   loaded: its threads, still awake from the last convolution, take the work (threads of our
+   own would fight PyTorch's spinning ones for the same cores). Without OpenMP: one thread. */
+static void run(const job *jb, int threads) {
+  const int64_t rows = jb->n * jb->ho, per = jb->c * 9 * jb->opad;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+#ifdef _OPENMP
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int64_t t = 0, nt = 1;
+#endif
+#ifdef _OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+    for (int64_t ch = 0; ch < jb->c; ch++) copy_x(jb, ch);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t n = 0; n < jb->n; n++) copy_dy(jb, n);
+    /* this thread's rows, in chunks; its private sums */
+    const int64_t lo = rows * t / nt, hi = rows * (t + 1) / nt;
+    for (int64_t r = lo; r < hi; r += jb->chunk)
+      chunk_sums(jb, jb->part + t * per, r, r + jb->chunk < hi ? r + jb->chunk : hi);
+  }
+}
+
+/* dw (O, C, 3, 3) = the weight gradient of a 3x3 convolution with stride (sh, sw) and padding
+   (ph, pw) of x (N, C, H, W), dy (N, O, Ho, Wo). Workspaces: xg (C N Hp Wp floats), dyt
+   (N Ho Wo opad, 64-byte aligned, opad = O rounded up to 16) and part (threads C 9 opad,
+   64-byte aligned). */
+void handgrad_conv3x3_wgrad(const float *x, const float *dy, float *dw, float *xg, float *dyt,
+                            float *part, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o,
+                            int64_t sh, int64_t sw, int64_t ph, int64_t pw, int threads) {
+  job jb = {0};
+  jb.x = x, jb.dy = dy, jb.xg = xg, jb.dyt = dyt, jb.part = part;
+  jb.n = n, jb.c = c, jb.h = h, jb.w = w, jb.o = o, jb.opad = (o + OPAD - 1) / OPAD * OPAD;
+  jb.sh = sh, jb.sw = sw, jb.ph = ph, jb.pw = pw, jb.hp = h + 2 * ph, jb.wp = w + 2 * pw;
+  jb.ho = (jb.hp - 3) / sh + 1, jb.wo = (jb.wp - 3) / sw + 1;
+  if (threads < 1) threads = 1;
+  const int64_t rows = n * jb.ho;
+  if (threads > rows) threads = (int)rows;
+  /* a chunk's rows of x (C sh Wp floats each, plus two rows of taps) and of dyT (Wo opad)
+     should share a 256 KiB slice of L2 */
+  const int64_t row_bytes = 4 * (c * sh * jb.wp + jb.wo * jb.opad);
+  jb.chunk = 262144 / row_bytes;
+  if (jb.chunk < 1) jb.chunk = 1;
+  const int64_t per = c * 9 * jb.opad;
+  memset(part, 0, (size_t)(threads * per) * sizeof(float));
+  run(&jb, threads);
+  for (int64_t oc = 0; oc < o; oc++)
+    for (int64_t r = 0; r < c * 9; r++) {
+      float sum = 0.0f;
+      for (int t = 0; t < threads; t++) sum += part[t * per + r * jb.opad + oc];
+      dw[oc * c * 9 + r] = sum;
+    }
 }

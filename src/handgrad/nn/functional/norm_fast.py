@@ -19,7 +19,7 @@ from torch import Tensor
 from handgrad._build import Build, c_library
 
 _SOURCE = Path(__file__).with_name("norm_kernels.c")
-_FLAGS = ["-O3", "-pthread", "-fno-math-errno",
+_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno",
           # let the float sums of a plane vectorise (their order is not the readable one's
           # anyway; the tests hold the two equal to float32 rounding)
           "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]  # fmt: skip

@@ -14,11 +14,13 @@
    is read from memory once and written once. ATen's batch norm plus a separate ReLU (and its
    backward mask) pass over memory several times more. Sums are accumulated in double.
 
-   Threads split the channels. Built with the system's C compiler on first use
-   (handgrad.nn.functional.norm_fast). */
+   Threads (PyTorch's OpenMP team, see run_split) split the channels. Built with the system's C
+   compiler on first use (handgrad.nn.functional.norm_fast). */
 
 #include <math.h>
-#include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -78,11 +80,6 @@ CLONES static void forward(const job *jb) {
   }
 }
 
-static void *forward_channels(void *arg) {
-  forward((const job *)arg);
-  return NULL;
-}
-
 CLONES static void backward(const job *jb) {
   const int64_t n_img = jb->n, l = jb->l, stride = jb->c * jb->l;
   const double m = (double)(n_img * l);
@@ -121,27 +118,25 @@ CLONES static void backward(const job *jb) {
   }
 }
 
-static void *backward_channels(void *arg) {
-  backward((const job *)arg);
-  return NULL;
-}
-
-static void run_split(void *(*fn)(void *), job base, int threads) {
-  job jobs[64];
-  pthread_t ids[64];
-  int started = 0;
-  if (threads < 1) threads = 1;
-  if (threads > 64) threads = 64;
+/* Run fn over the channels, split between `threads` threads of the OpenMP team. Built with
+   -fopenmp, the library needs libgomp.so.1, which the dynamic loader resolves to the copy
+   PyTorch already loaded: its threads, already awake from the convolution before, take the
+   channels (threads of our own would fight PyTorch's spinning ones for the same cores). */
+static void run_split(void (*fn)(const job *), job base, int threads) {
   if (threads > base.c) threads = (int)base.c;
-  for (int t = 0; t < threads; t++) {
-    jobs[t] = base;
-    jobs[t].lo = base.c * t / threads, jobs[t].hi = base.c * (t + 1) / threads;
+  if (threads < 1) threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    job jb = base;
+    jb.lo = base.c * t / nt, jb.hi = base.c * (t + 1) / nt;
+    fn(&jb);
   }
-  for (int t = 0; t + 1 < threads; t++)
-    if (pthread_create(&ids[t], NULL, fn, &jobs[t]) == 0) started = t + 1;
-    else break;
-  for (int t = started; t < threads; t++) fn(&jobs[t]); /* what no thread took, run here */
-  for (int t = 0; t < started; t++) pthread_join(ids[t], NULL);
+#else
+  base.lo = 0, base.hi = base.c;
+  fn(&base);
+#endif
 }
 
 /* out = bn(x) (then ReLU); mean and var (biased) per channel out, in double. */
@@ -151,7 +146,7 @@ void handgrad_bn_forward(const float *x, const float *gamma, const float *beta, 
   job jb = {0};
   jb.x = x, jb.gamma = gamma, jb.beta = beta, jb.out = out, jb.mean = mean, jb.var = var;
   jb.n = n, jb.c = c, jb.l = l, jb.eps = eps, jb.relu = relu;
-  run_split(forward_channels, jb, threads);
+  run_split(forward, jb, threads);
 }
 
 /* dx (skipped when NULL) and sums[2c] = dbeta, sums[2c + 1] = dgamma; y is the ReLU's output
@@ -163,5 +158,5 @@ void handgrad_bn_backward(const float *dy, const float *y, const float *x, const
   jb.dy = dy, jb.y = y, jb.x = x, jb.gamma = gamma, jb.dx = dx, jb.sums = sums;
   jb.mean = (double *)mean, jb.var = (double *)inv_std;
   jb.n = n, jb.c = c, jb.l = l;
-  run_split(backward_channels, jb, threads);
+  run_split(backward, jb, threads);
 }
