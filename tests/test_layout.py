@@ -53,3 +53,25 @@ def test_old_path_works_and_warns() -> None:
         print([str(w.message) for w in caught if w.category is DeprecationWarning])
     """)
     assert "handgrad.layers is now handgrad.nn.layers" in out
+
+
+def test_every_file_compiled_at_run_time_ships_with_the_package() -> None:
+    """C and C++ sources are compiled on first use, so a wheel without them silently falls
+    back to the slow path: each one under src/handgrad must match a package-data pattern."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["handgrad"]
+    package = root / "src" / "handgrad"
+    sources = [p for ext in ("*.c", "*.cpp") for p in package.rglob(ext)]
+    assert sources, "no compiled sources found: the test looks in the wrong place"
+    missing = [
+        str(p.relative_to(package))
+        for p in sources
+        if not any(fnmatch.fnmatch(str(p.relative_to(package)), pat) for pat in patterns)
+    ]
+    assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
