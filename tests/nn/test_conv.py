@@ -184,3 +184,17 @@ def test_col2im_is_the_adjoint_of_im2col(problem) -> None:
     torch.testing.assert_close((cols * c).sum(), (x * col2im(c, (h, w), geo)).sum())
     unfold = TF.unfold(x, geo.kernel, geo.dilation, geo.padding, geo.stride)
     torch.testing.assert_close(cols, unfold)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "stride", "dilation", "groups"),
+    [(28, 28, (2, 2), (1, 1), 1), (7, 7, (2, 2), (1, 1), 1), (9, 8, (3, 2), (2, 1), 2),
+     (5, 6, (1, 1), (1, 1), 1), (1, 4, (2, 3), (1, 1), 1)],
+)  # fmt: skip
+def test_col2im_of_a_1x1_kernel_is_the_strided_write_fold_computes(h, w, stride, dilation, groups):
+    """The 1x1 shortcut (no padding) against ``fold``, the general scatter-add."""
+    geo = ConvGeometry((1, 1), stride, (0, 0), dilation, groups)
+    ho, wo = geo.output_size(h, w)
+    cols = torch.randn(3, 4, ho * wo, dtype=torch.float64)
+    want = TF.fold(cols, (h, w), (1, 1), dilation=dilation, stride=stride)
+    torch.testing.assert_close(col2im(cols, (h, w), geo), want, rtol=0, atol=0)

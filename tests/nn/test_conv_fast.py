@@ -1,8 +1,10 @@
-"""The compiled 3x3 weight gradient (conv_wgrad.c) against the readable convolution's sum, in
-float64 arithmetic, over the shapes that stress its blocking: padding 0, 1 and 2, strides 1-3,
-output channels around the 16- and 32-wide vector blocks (and their zero-padded tail), odd
-input channels (the two-at-a-time tail), one channel, rectangular and tiny images, batch 1,
-more threads than rows, non-contiguous inputs; and where it must not run."""
+"""The compiled 3x3 gradients (conv3x3.c) against the readable convolution's sums, in float64
+arithmetic. The weight gradient over the shapes that stress its blocking: padding 0, 1 and 2,
+strides 1-3, output channels around the 16- and 32-wide vector blocks (and their zero-padded
+tail), odd input channels (the two-at-a-time tail), one channel, rectangular and tiny images,
+batch 1, more threads than rows, non-contiguous inputs. The stride-2 input gradient over odd
+and even sides (its four phases), 1-pixel sides, channels around its 8-wide blocks. And where
+neither must run."""
 
 from __future__ import annotations
 
@@ -140,24 +142,36 @@ def test_no_compiler_means_the_readable_sum(monkeypatch, tmp_path) -> None:
         conv_fast.conv3x3_weight_grad(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), (1, 1))
         is None
     )
-    assert "conv_wgrad.c" in str(conv_fast.build.failure)
+    assert (
+        conv_fast.conv3x3_input_grad_s2(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 3, 3), (4, 4))
+        is None
+    )
+    assert "conv3x3.c" in str(conv_fast.build.failure)
     x, dy = torch.randn(2, 3, 20, 20), torch.randn(2, 4, 20, 20)
     geometry = ConvGeometry((3, 3), padding=(1, 1))
     _, cache = conv2d_forward(x, torch.randn(4, 3, 3, 3), None, geometry, method="direct")
     close(conv2d_backward(dy, cache)[1], reference(x, dy, (1, 1)))
+    w, dy = torch.randn(4, 3, 3, 3), torch.randn(2, 4, 10, 10)
+    _, cache = conv2d_forward(x, w, None, ConvGeometry((3, 3), (2, 2), (1, 1)), method="direct")
+    close(conv2d_backward(dy, cache)[0], input_reference(dy, w, (20, 20)))
 
 
 @needs_build
 def test_the_layer_uses_it_and_agrees_with_autograd(monkeypatch) -> None:
-    """A direct-method Conv2d with a 3x3 kernel takes the compiled gradient at every stride; a
-    5x5 one does not. Its gradients equal autograd's. Counting the calls makes sure the test
-    exercises the C code."""
+    """A direct-method Conv2d with a 3x3 kernel takes the compiled weight gradient at every
+    stride, and the compiled input gradient at stride 2; a 5x5 one takes neither. Its
+    gradients equal autograd's. Counting the calls makes sure the test exercises the C code."""
     calls: list[int] = []
-    real = conv_fast.conv3x3_weight_grad
+    dx_calls: list[int] = []
+    real, real_dx = conv_fast.conv3x3_weight_grad, conv_fast.conv3x3_input_grad_s2
     monkeypatch.setattr(conv_fast, "conv3x3_weight_grad", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(
+        conv_fast, "conv3x3_input_grad_s2", lambda *a: dx_calls.append(1) or real_dx(*a)
+    )
     torch.manual_seed(0)
     for k, stride, side, expected_calls in ((3, 1, 28, 1), (3, 2, 14, 1), (5, 1, 9, 0)):
         calls.clear()
+        dx_calls.clear()
         conv = Conv2d(8, 8, k, stride, padding=k // 2, bias=False, method="direct")
         x = torch.randn(4, 8, side, side)
         xr, w = x.clone().requires_grad_(), conv.weight.detach().clone().requires_grad_()
@@ -167,6 +181,7 @@ def test_the_layer_uses_it_and_agrees_with_autograd(monkeypatch) -> None:
         conv(x)
         dx = conv.backward(dout)
         assert len(calls) == expected_calls
+        assert len(dx_calls) == (stride == 2)  # the input gradient: stride 2 only
         torch.testing.assert_close(dx, xr.grad, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(conv.weight.g, w.grad, rtol=1e-4, atol=1e-3)
 
@@ -185,3 +200,96 @@ def test_the_compiled_kernels_run_on_torchs_own_openmp_threads() -> None:
     maps = Path("/proc/self/maps").read_text().splitlines()
     runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
     assert len(runtimes) == 1, f"more than one OpenMP runtime loaded: {sorted(runtimes)}"
+
+
+# ------------------------------------------------------------ input gradient, stride 2
+def input_reference(dout: torch.Tensor, w: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """dx of a 3x3, stride-2, padding-1 convolution by autograd in float64."""
+    x = torch.zeros(dout.shape[0], w.shape[1], *size, dtype=torch.float64, requires_grad=True)
+    TF.conv2d(x, w.double(), None, 2, 1).backward(dout.double())
+    return x.grad
+
+
+def input_grad(dout: torch.Tensor, w: torch.Tensor, size: tuple[int, int], threads: int = 0):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return conv_fast.conv3x3_input_grad_s2(dout, w, size)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_build
+@pytest.mark.parametrize(
+    ("n", "c", "o", "h", "w"),
+    [
+        (3, 16, 32, 28, 28),  # the resnet's first downsampling conv: even sides
+        (2, 32, 64, 14, 14),
+        (2, 64, 128, 7, 7),  # odd sides: the odd phases have one row and column fewer
+        (2, 9, 5, 9, 8),  # one 8-wide block of channels and a 1-wide tail; rectangular
+        (3, 7, 3, 5, 6),  # fewer channels than a block
+        (1, 1, 1, 1, 1),  # one pixel: only the even phase exists
+        (2, 2, 3, 1, 6),  # a one-row image
+        (2, 17, 4, 2, 2),  # 2x2 -> 1x1: each phase is one pixel
+        (4, 8, 16, 3, 13),  # many blocks of positions cross image borders
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_input_gradient_equals_the_transposed_convolution(n, c, o, h, w, threads) -> None:
+    gen = torch.Generator().manual_seed(n * 1000 + c * 100 + o + h)
+    weight = torch.randn(o, c, 3, 3, generator=gen)
+    dout = torch.randn(n, o, (h + 1) // 2, (w + 1) // 2, generator=gen)
+    got = input_grad(dout, weight, (h, w), threads)
+    assert got is not None and got.shape == (n, c, h, w)
+    close(got, input_reference(dout, weight, (h, w)))
+
+
+@needs_build
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 4), st.integers(1, 20), st.integers(1, 20), st.integers(1, 16),
+    st.integers(1, 16), st.integers(0, 2**16),
+)  # fmt: skip
+def test_input_gradient_on_random_shapes(n, c, o, h, w, seed) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(o, c, 3, 3, generator=gen)
+    dout = torch.randn(n, o, (h + 1) // 2, (w + 1) // 2, generator=gen)
+    got = input_grad(dout, weight, (h, w))
+    assert got is not None
+    close(got, input_reference(dout, weight, (h, w)))
+
+
+@needs_build
+def test_input_gradient_of_views_after_a_larger_call() -> None:
+    """Strided views are copied first; the workspace of a larger call (its grid of dy and its
+    weights) is reused by a smaller one, and nothing stale may leak into it."""
+    gen = torch.Generator().manual_seed(2)
+    big_w, big_dy = (
+        torch.randn(24, 12, 3, 3, generator=gen),
+        torch.randn(5, 24, 9, 9, generator=gen),
+    )
+    close(input_grad(big_dy, big_w, (18, 18)), input_reference(big_dy, big_w, (18, 18)))
+    w = torch.randn(3, 10, 3, 3, generator=gen)[:, ::2]  # (3, 5, 3, 3), strided
+    dout = torch.randn(2, 3, 6, 4, generator=gen).transpose(2, 3)  # (2, 3, 4, 6)
+    close(input_grad(dout, w, (7, 12)), input_reference(dout, w, (7, 12)))
+
+
+def test_input_gradient_applies_only_to_stride_2_padding_1() -> None:
+    dy, w = torch.zeros(2, 4, 4, 4), torch.zeros(4, 3, 3, 3)
+    ok = dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=1)
+    assert conv_fast.applies_input_grad_s2(dy, w, (8, 8), **ok)
+    assert conv_fast.applies_input_grad_s2(dy, w, (7, 7), **ok)  # odd sides: ceil(7 / 2) = 4
+    for bad in (
+        dict(stride=(1, 1)),
+        dict(stride=(2, 1)),
+        dict(padding=(0, 0)),
+        dict(dilation=(2, 2)),
+        dict(groups=2),
+    ):
+        assert not conv_fast.applies_input_grad_s2(dy, w, (8, 8), **{**ok, **bad}), bad
+    assert not conv_fast.applies_input_grad_s2(dy, w, (9, 8), **ok)  # dy is not its output
+    assert not conv_fast.applies_input_grad_s2(dy, torch.zeros(4, 3, 5, 5), (8, 8), **ok)
+    assert not conv_fast.applies_input_grad_s2(dy, torch.zeros(5, 3, 3, 3), (8, 8), **ok)
+    assert not conv_fast.applies_input_grad_s2(dy.double(), w.double(), (8, 8), **ok)
+    wide = conv_fast.INPUT_GRAD_MAX_CHANNELS + 1  # where PyTorch's own kernel is as fast
+    assert not conv_fast.applies_input_grad_s2(dy, torch.zeros(4, wide, 3, 3), (8, 8), **ok)

@@ -116,7 +116,18 @@ def im2col(x: Tensor, geometry: ConvGeometry) -> Tensor:
 
 def col2im(cols: Tensor, input_size: tuple[int, int], geometry: ConvGeometry) -> Tensor:
     """The adjoint of :func:`im2col`: add every column entry back onto the input pixel it was
-    copied from. (N, C*kh*kw, Ho*Wo) -> (N, C, H, W). Padding positions are dropped."""
+    copied from. (N, C*kh*kw, Ho*Wo) -> (N, C, H, W). Padding positions are dropped.
+
+    A 1x1 kernel without padding copied each pixel of a strided grid once, so its adjoint is
+    that strided grid written back into zeros (the resnet's projections; faster than ``fold``).
+    """
+    if geometry.kernel == (1, 1) and geometry.padding == (0, 0):
+        (h, w), (sh, sw) = input_size, geometry.stride
+        n, c = cols.shape[0], cols.shape[1]
+        dx = cols.new_zeros(n, c, h, w)
+        grid = dx[:, :, ::sh, ::sw]  # (N, C, Ho, Wo), a view: the pixels the columns came from
+        grid.copy_(cols.view(grid.shape))
+        return dx
     return F.fold(
         cols,
         input_size,
@@ -224,6 +235,9 @@ def _input_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeometr
     ``dy``, padded by ``k - 1 - p``, with ``W`` flipped in both spatial axes and with its
     channel axes swapped. PyTorch's CPU forward kernel runs that up to 1.4x faster than its
     transposed one (benchmarks/RESULTS.md, "Residual networks").
+
+    With stride 2 (3x3, padding 1) the compiled phase-by-phase version of
+    :mod:`handgrad.nn.functional.conv_fast` computes the same sum where it is built.
     """
     (kh, kw), (ph, pw) = geo.kernel, geo.padding
     if (
@@ -235,6 +249,13 @@ def _input_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeometr
     ):
         flipped = weight.transpose(0, 1).flip(2, 3)  # (C, O, kh, kw), W[o, c, kh-1-i, kw-1-j]
         return F.conv2d(dout, flipped, None, 1, (kh - 1 - ph, kw - 1 - pw))  # (N, C, H, W)
+    input_size = (x.shape[2], x.shape[3])
+    if conv_fast.applies_input_grad_s2(
+        dout, weight, input_size, geo.stride, geo.padding, geo.dilation, geo.groups
+    ):
+        dx = conv_fast.conv3x3_input_grad_s2(dout, weight, input_size)
+        if dx is not None:
+            return dx
     ho, wo = dout.shape[2:]
     output_padding = tuple(
         size + 2 * p - ((out - 1) * s + d * (k - 1) + 1)

@@ -1,4 +1,5 @@
-"""The compiled weight gradient of 3x3 convolutions (``conv_wgrad.c``).
+"""Compiled gradients of 3x3 convolutions (``conv3x3.c``): the weight gradient at any stride,
+and the input gradient at stride 2.
 
 ``dW[o, c, i, j] = sum_{n, a, b} dy[n, o, a, b] * xpad[n, c, a*s + i, b*s + j]`` is the same sum as
 :func:`handgrad.nn.functional.conv.conv2d_backward`'s ``direct`` method, which runs it as a
@@ -7,11 +8,17 @@ than their own weight-gradient routine (benchmarks/RESULTS.md, "Residual network
 writes it as a matrix product whose columns are read from x in place (its header says how);
 here is only when it applies and the call.
 
+The input gradient of a stride-2, padding-1 convolution (:func:`conv3x3_input_grad_s2`) is the
+transposed convolution of ``dy``, which PyTorch's CPU kernels run 2-3x slower than the forward
+convolution of the same size; the C file splits it into the four phases (even or odd row and
+column) of ``dx``, each a small stride-1 correlation of ``dy``.
+
 It applies to float32, contiguous, CPU, one group, dilation 1, a 3x3 kernel, any stride and
 padding up to 2 (every 3x3 convolution of the ``resnet`` and ``cnn`` models). Anywhere else, or
 where it cannot be built (no C compiler, ``HANDGRAD_FAST=0``), :func:`conv3x3_weight_grad`
-returns ``None`` and the readable convolution runs. Tests hold the two equal
-(tests/nn/test_conv_fast.py).
+returns ``None`` and the readable convolution runs (the input gradient: float32, CPU, one
+group, 3x3, stride 2, padding 1, at most :data:`INPUT_GRAD_MAX_CHANNELS` input channels).
+Tests hold the two equal (tests/nn/test_conv_fast.py).
 """
 
 from __future__ import annotations
@@ -25,14 +32,20 @@ from torch import Tensor
 
 from handgrad._build import Build, c_library
 
-_SOURCE = Path(__file__).with_name("conv_wgrad.c")
-_V = 16  # floats per vector in conv_wgrad.c: dyT rows and workspace parts start at multiples
+_SOURCE = Path(__file__).with_name("conv3x3.c")
 
 
 def _load() -> ctypes.CDLL:
     lib = c_library(_SOURCE, ["-O3", "-fopenmp"])
+    lib.handgrad_conv3x3_wgrad_space.argtypes = [ctypes.c_int64] * 9 + [ctypes.c_int]
+    lib.handgrad_conv3x3_wgrad_space.restype = ctypes.c_int64
     fn = lib.handgrad_conv3x3_wgrad
-    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 9 + [ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 9 + [ctypes.c_int]
+    fn.restype = None
+    lib.handgrad_conv3x3_dgrad_s2_space.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_int]
+    lib.handgrad_conv3x3_dgrad_s2_space.restype = ctypes.c_int64
+    fn = lib.handgrad_conv3x3_dgrad_s2
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_int]
     fn.restype = None
     return lib
 
@@ -47,14 +60,16 @@ _workspace: list[Tensor] = [torch.empty(0)]
 _lock = threading.Lock()
 
 
+def _cpu_float32(*tensors: Tensor) -> bool:
+    """The C code reads float32 from CPU memory."""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+
 def applies(x: Tensor, dout: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
             padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> bool:  # fmt: skip
     """Whether :func:`conv3x3_weight_grad` computes this weight gradient (see the module doc)."""
     return (
-        x.dtype == torch.float32
-        and dout.dtype == torch.float32
-        and x.device.type == "cpu"
-        and dout.device.type == "cpu"
+        _cpu_float32(x, dout)
         and x.dim() == 4
         and kernel == (3, 3)
         and all(s >= 1 for s in stride)
@@ -68,10 +83,6 @@ def applies(x: Tensor, dout: Tensor, kernel: tuple[int, int], stride: tuple[int,
     )
 
 
-def _round(n: int) -> int:
-    return -(-n // _V) * _V
-
-
 def conv3x3_weight_grad(
     x: Tensor, dout: Tensor, padding: tuple[int, int], stride: tuple[int, int] = (1, 1)
 ) -> Tensor | None:
@@ -83,22 +94,72 @@ def conv3x3_weight_grad(
         return None
     x, dout = x.contiguous(), dout.contiguous()
     n, c, h, w = x.shape
-    o, ho, wo = dout.shape[1], dout.shape[2], dout.shape[3]
+    o = dout.shape[1]
     (ph, pw), (sh, sw) = padding, stride
     threads = torch.get_num_threads()
-    # floats of each workspace part, each starting on a 64-byte boundary (see conv_wgrad.c)
-    grid = _round(c * n * (h + 2 * ph) * (w + 2 * pw))
-    dyt = _round(n * ho * wo * _round(o))
-    part = threads * c * 9 * _round(o)
     dw = torch.empty(o, c, 3, 3)
     with _lock:
-        if _workspace[0].numel() < grid + dyt + part:
-            _workspace[0] = torch.empty(grid + dyt + part)
+        space = lib.handgrad_conv3x3_wgrad_space(n, c, h, w, o, sh, sw, ph, pw, threads)
+        if _workspace[0].numel() < space:
+            _workspace[0] = torch.empty(space)
         base = _workspace[0].data_ptr()
         if base % 64:  # torch's CPU allocator aligns to 64 bytes; the C code's loads need it
             return None
         lib.handgrad_conv3x3_wgrad(
-            x.data_ptr(), dout.data_ptr(), dw.data_ptr(), base, base + 4 * grid,
-            base + 4 * (grid + dyt), n, c, h, w, o, sh, sw, ph, pw, threads,
+            x.data_ptr(), dout.data_ptr(), dw.data_ptr(), base, n, c, h, w, o, sh, sw, ph, pw,
+            threads,
         )  # fmt: skip
     return dw
+
+
+#: The stride-2 input gradient is taken where dx has at most this many channels: there it
+#: measured 1.1-3x faster than PyTorch's transposed convolution; with 64 or more, oneDNN's own
+#: kernel was as fast or faster (0.7-0.94x; benchmarks/RESULTS.md, "Residual networks").
+INPUT_GRAD_MAX_CHANNELS = 32
+
+
+def applies_input_grad_s2(
+    dout: Tensor, weight: Tensor, input_size: tuple[int, int], stride: tuple[int, int],
+    padding: tuple[int, int], dilation: tuple[int, int], groups: int,
+) -> bool:  # fmt: skip
+    """Whether :func:`conv3x3_input_grad_s2` computes this input gradient (see the module doc)."""
+    h, w = input_size
+    return (
+        _cpu_float32(dout, weight)
+        and dout.dim() == 4
+        and weight.shape[2:] == (3, 3)
+        and stride == (2, 2)
+        and padding == (1, 1)
+        and dilation == (1, 1)
+        and groups == 1
+        and h > 0
+        and w > 0
+        and dout.shape[1] == weight.shape[0]
+        and dout.shape[2:] == ((h + 1) // 2, (w + 1) // 2)
+        and weight.shape[1] <= INPUT_GRAD_MAX_CHANNELS
+    )
+
+
+def conv3x3_input_grad_s2(
+    dout: Tensor, weight: Tensor, input_size: tuple[int, int]
+) -> Tensor | None:
+    """``dx`` (N, C, H, W) of a 3x3 convolution with stride 2 and padding 1 and weights
+    ``weight`` (O, C, 3, 3), from ``dout`` (N, O, ceil(H/2), ceil(W/2)); ``None`` where the
+    compiled code is unavailable. The caller checks :func:`applies_input_grad_s2` first."""
+    lib = build.get()
+    if lib is None:
+        return None
+    dout, weight = dout.contiguous(), weight.contiguous()
+    n, o = dout.shape[0], dout.shape[1]
+    c, (h, w) = weight.shape[1], input_size
+    threads = torch.get_num_threads()
+    dx = torch.empty(n, c, h, w)
+    with _lock:
+        space = lib.handgrad_conv3x3_dgrad_s2_space(n, c, h, w, o, threads)
+        if _workspace[0].numel() < space:
+            _workspace[0] = torch.empty(space)
+        lib.handgrad_conv3x3_dgrad_s2(
+            dout.data_ptr(), weight.data_ptr(), dx.data_ptr(), _workspace[0].data_ptr(),
+            n, c, h, w, o, threads,
+        )  # fmt: skip
+    return dx
