@@ -8,6 +8,7 @@ import io
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +16,8 @@ import torch
 from handgrad.app.cli import main
 from handgrad.check import Reference, gradcheck
 from handgrad.nn.module import Module
+
+M = TypeVar("M", bound=Module)
 
 
 @dataclass
@@ -43,6 +46,15 @@ def assert_grads(
     report = gradcheck(module, *inputs, reference=reference, **kwargs)
     assert report.tensors, f"nothing was checked for {report.module}"
     assert report.ok, str(report)
+
+
+def with_random_affine(m: M) -> M:
+    """A batch norm whose ``gamma`` (some negative) and ``beta`` are random: the defaults, ones
+    and zeros, would leave terms of the backward formula unexercised."""
+    if m.affine:
+        m.weight.data.normal_()
+        m.bias.data.normal_()
+    return m
 
 
 def bright_quadrant_data(path: Path, side: int = 8) -> Path:

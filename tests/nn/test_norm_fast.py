@@ -1,7 +1,7 @@
 """The compiled batch norm (norm_kernels.c) against the readable formula in float64: outputs,
-running statistics and gradients, with and without the ReLU, affine or not, over shapes and
-thread counts; the layers take it in float32 training; where it cannot be built they run the
-ATen formulation unchanged."""
+running statistics and gradients, with and without the ReLU (and with a residual added before
+it), affine or not, over shapes and thread counts; the layers take it in float32 training;
+where it cannot be built they run the ATen formulation unchanged."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import torch
 from handgrad._build import Build
 from handgrad.nn import functional as F
 from handgrad.nn.functional import norm_fast
-from handgrad.nn.layers import BatchNorm2d, BatchNormReLU2d
+from handgrad.nn.layers import BatchNorm2d, BatchNormAddReLU2d, BatchNormReLU2d
 
 needs_build = pytest.mark.skipif(
     not norm_fast.build.status()[0], reason=f"no compiled batch norm: {norm_fast.build.failure}"
 )
 
 
-def readable(x, gamma, beta, dout, relu):
-    """Output, mean, var and (dx, dgamma, dbeta) by the readable formula in float64."""
+def readable(x, gamma, beta, dout, relu, residual=None):
+    """Output, mean, var and (dx, dgamma, dbeta) by the readable formula in float64 (with a
+    ``residual``: ``relu(bn(x) + residual)``, whose gradient is the masked ``dout``)."""
     x64 = x.double()
     g64 = None if gamma is None else gamma.double()
     b64 = None if beta is None else beta.double()
@@ -29,6 +30,8 @@ def readable(x, gamma, beta, dout, relu):
     )
     out, cache = F.batchnorm_forward(x64, g64, b64, rm, rv, training=True, momentum=1.0)
     d = dout.double()
+    if residual is not None:
+        out = out + residual.double()
     if relu:
         d = d * (out > 0)
         out = out.clamp_min(0.0)
@@ -68,6 +71,12 @@ def test_equals_the_readable_formula(shape, affine, relu, threads) -> None:
             got = F.fused_batchnorm_backward(dout, cache, affine=affine)
     finally:
         torch.set_num_threads(before)
+    agree(y, run, got, (out, rm, rv, dx, dgamma, dbeta), affine)
+
+
+def agree(y, run, got, want, affine) -> None:
+    """The compiled results (output, running statistics, gradients) against ``readable``'s."""
+    out, rm, rv, dx, dgamma, dbeta = want
     close(y, out, "output")
     close(run[0], rm, "running mean")
     close(run[1], rv, "running var")  # unbiased, as PyTorch keeps it
@@ -87,14 +96,15 @@ def test_the_layers_call_it_in_float32_training_only(monkeypatch) -> None:
         monkeypatch.setattr(
             norm_fast, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a)
         )
-    for layer in (BatchNorm2d(3), BatchNormReLU2d(3)):
+    for layer in (BatchNorm2d(3), BatchNormReLU2d(3), BatchNormAddReLU2d(3)):
         x = torch.randn(4, 3, 5, 5)
-        layer.backward(torch.randn_like(layer(x)))
+        res = (x.flip(0),) if isinstance(layer, BatchNormAddReLU2d) else ()
+        layer.backward(torch.randn_like(layer(x, *res)))
         layer.eval()
-        layer(x)  # evaluation: the running statistics, by ATen
+        layer(x, *res)  # evaluation: the running statistics, by ATen
         layer.train().double()
-        layer(x.double())  # float64: the readable reference
-    assert calls == ["forward", "backward"] * 2
+        layer(x.double(), *(r.double() for r in res))  # float64: the readable reference
+    assert calls == ["forward", "backward"] * 3
 
 
 @needs_build
@@ -122,3 +132,48 @@ def test_no_compiler_means_the_aten_formulation(monkeypatch, tmp_path) -> None:
     close(got[0], dx, "dx")
     close(got[1], dgamma, "dgamma", 1e-4)
     close(got[2], dbeta, "dbeta", 1e-4)
+    residual = torch.randn(4, 3, 5, 5)
+    y, cache = F.batchnorm_add_relu_forward(x, residual, gamma, beta, None, None, training=True)
+    got = F.batchnorm_add_relu_backward(dout, y, cache)
+    out, _, _, dx, dgamma, dbeta = readable(x, gamma, beta, dout, True, residual)
+    close(y, out, "output with a residual")
+    close(got[0], dx, "dx with a residual")
+    close(got[3], dout.double() * (out > 0), "dresidual")
+
+
+@needs_build
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (1, 2, 3, 3), (7, 5, 1, 9), (16, 16, 28, 28)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_with_a_residual_equals_the_readable_formula(shape, affine, threads) -> None:
+    gen = torch.Generator().manual_seed(sum(shape) + affine)
+    x = torch.randn(shape, generator=gen) * 3 + 2
+    residual = torch.randn(shape, generator=gen) - 0.5  # ~half the sums end up below zero
+    c = shape[1]
+    gamma = torch.randn(c, generator=gen) if affine else None
+    beta = torch.randn(c, generator=gen) if affine else None
+    dout = torch.randn(shape, generator=gen)
+    out, rm, rv, dx, dgamma, dbeta = readable(x, gamma, beta, dout, True, residual)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run = torch.zeros(c), torch.ones(c)
+        y, cache = F.batchnorm_add_relu_forward(
+            x, residual, gamma, beta, *run, training=True, momentum=1.0
+        )
+        got = F.batchnorm_add_relu_backward(dout, y, cache, affine=affine)
+    finally:
+        torch.set_num_threads(before)
+    agree(y, run, got, (out, rm, rv, dx, dgamma, dbeta), affine)
+    close(got[3], dout.double() * (out > 0), "dresidual")
+
+
+@needs_build
+def test_with_a_residual_only_what_is_asked() -> None:
+    x, res, dout = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    y, cache = F.batchnorm_add_relu_forward(x, res, None, None, None, None, training=True)
+    dx, _, _, dres = F.batchnorm_add_relu_backward(dout, y, cache, need_dresidual=False)
+    assert dres is None and dx is not None
+    dx, _, _, dres = F.batchnorm_add_relu_backward(dout, y, cache, need_dx=False)
+    assert dx is None
+    close(dres, dout.double() * (y > 0), "dresidual")

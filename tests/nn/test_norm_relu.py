@@ -18,7 +18,7 @@ from handgrad.nn.models import build_model
 from handgrad.nn.module import Sequential
 from handgrad.train.checkpoint import load_checkpoint, save_checkpoint
 
-from support import assert_grads
+from support import assert_grads, with_random_affine
 
 
 @pytest.fixture(autouse=True)
@@ -31,13 +31,6 @@ def one_thread():
 
 def r(*shape: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
     return torch.randn(*shape, dtype=torch.float64) * scale + shift
-
-
-def with_random_affine(m: BatchNormReLU2d) -> BatchNormReLU2d:
-    if m.affine:  # non-trivial gamma (some negative) and beta exercise every term
-        m.weight.data.normal_()
-        m.bias.data.normal_()
-    return m
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from handgrad.nn.layers import (
     AvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
+    BatchNormAddReLU2d,
     BatchNormReLU2d,
     Conv2d,
     Dropout,
@@ -113,7 +114,11 @@ def batchnorm_relu_reference(m: BatchNormReLU2d, x: Tensor) -> Tensor:
     return TF.relu(batchnorm_reference(m, x))
 
 
-def affine_bn(cls: type[BatchNorm2d | BatchNormReLU2d], c: int) -> Maker:
+def batchnorm_add_relu_reference(m: BatchNormAddReLU2d, x: Tensor, residual: Tensor) -> Tensor:
+    return TF.relu(batchnorm_reference(m, x) + residual)
+
+
+def affine_bn(cls: type[BatchNorm2d | BatchNormReLU2d | BatchNormAddReLU2d], c: int) -> Maker:
     """A batch norm with non-trivial ``gamma`` and ``beta`` drawn from the case's generator
     (ones and zeros would leave terms of the backward formula unexercised)."""
 
@@ -168,11 +173,10 @@ def resblock(c: int, o: int, stride: int) -> Maker:
 def resblock_reference(m: ResBlock, x: Tensor) -> Tensor:
     """``relu(F(x) + S(x))`` from torch.nn.functional, batch statistics as in training."""
     h = batchnorm_relu_reference(m.bn1, conv_reference(m.conv1, x))
-    main = batchnorm_reference(m.bn2, conv_reference(m.conv2, h))
     skip = (
         x if m.skip_conv is None else batchnorm_reference(m.skip_bn, conv_reference(m.skip_conv, x))
     )
-    return TF.relu(main + skip)
+    return batchnorm_add_relu_reference(m.bn2, conv_reference(m.conv2, h), skip)
 
 
 def tiny_cnn(g: torch.Generator) -> Module:
@@ -222,6 +226,9 @@ CASES: list[Case] = [
          batchnorm_relu_reference),
     Case("BatchNormReLU2d batch 1", affine_bn(BatchNormReLU2d, 2), randn(1, 2, 3, 3),
          batchnorm_relu_reference),
+    Case("BatchNormAddReLU2d (two inputs)", affine_bn(BatchNormAddReLU2d, 3),
+         lambda g: tuple(torch.randn(2, 3, 3, 3, generator=g, dtype=torch.float64) for _ in "xr"),
+         batchnorm_add_relu_reference),
     Case("Identity", lambda g: Identity(), randn(2, 3), lambda m, x: x),
     Case("LayerNorm", lambda g: LayerNorm(6), randn(3, 6), layernorm_reference),
     Case("Dropout p=0.5", lambda g: Dropout(0.5), randn(4, 6), dropout_reference),

@@ -49,6 +49,7 @@ from handgrad.nn.layers import (
     AvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
+    BatchNormAddReLU2d,
     BatchNormReLU2d,
     Conv2d,
     Dropout,
@@ -74,6 +75,7 @@ __all__ = [
     "CONVERSIONS",
     "Conversion",
     "HandgradFunction",
+    "TorchBatchNormAddReLU2d",
     "TorchGlobalAvgPool",
     "TorchModule",
     "TorchResBlock",
@@ -152,10 +154,20 @@ class TorchBatchNormReLU2d(nn.BatchNorm2d):
         return torch.relu(super().forward(x))
 
 
+class TorchBatchNormAddReLU2d(nn.BatchNorm2d):
+    """``relu(nn.BatchNorm2d(x) + residual)`` with ``nn.BatchNorm2d``'s parameters and
+    state-dict names: the twin of handgrad's ``BatchNormAddReLU2d``."""
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:  # type: ignore[override]
+        return torch.relu(super().forward(x) + residual)
+
+
 class TorchResBlock(nn.Module):
     """The twin of handgrad's ``ResBlock``: ``relu(bn2(conv2(bn1(conv1(x)))) + skip(x))``
     with ``skip`` the identity or ``skip_bn(skip_conv(x))``; the same sub-layer names, so the
-    same state-dict names. PyTorch's autograd sums the two paths' gradients of ``x``."""
+    same state-dict names. ``bn2`` is a :class:`TorchBatchNormAddReLU2d` (the add and the ReLU
+    inside it), or a plain ``nn.BatchNorm2d``. PyTorch's autograd sums the two paths'
+    gradients of ``x``."""
 
     def __init__(
         self,
@@ -171,9 +183,11 @@ class TorchResBlock(nn.Module):
         self.skip_conv, self.skip_bn = skip_conv, skip_bn
 
     def forward(self, x: Tensor) -> Tensor:
-        main = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        h = self.conv2(self.bn1(self.conv1(x)))
         skip = x if self.skip_conv is None else self.skip_bn(self.skip_conv(x))  # type: ignore[misc]
-        return torch.relu(main + skip)
+        if isinstance(self.bn2, TorchBatchNormAddReLU2d):
+            return self.bn2(h, skip)
+        return torch.relu(self.bn2(h) + skip)
 
 
 def _resblock_to_torch(m: ResBlock) -> TorchResBlock:
@@ -187,10 +201,14 @@ def _resblock_from_torch(t: TorchResBlock) -> ResBlock:
     c, o, stride = conv1.in_channels, conv1.out_channels, conv1.geometry.stride[0]  # type: ignore[attr-defined]
     out = ResBlock(c, o, stride)
     _only_if((out.skip_conv is None) == (t.skip_conv is None), f"{t} (skip path)")
-    out.conv1, out.bn1, out.conv2, out.bn2 = (
-        conv1,
-        *(from_torch(p) for p in (t.bn1, t.conv2, t.bn2)),
-    )  # type: ignore[assignment]
+    out.conv1, out.bn1, out.conv2 = conv1, from_torch(t.bn1), from_torch(t.conv2)  # type: ignore[assignment]
+    bn2 = from_torch(t.bn2)
+    _only_if(isinstance(bn2, BatchNorm2d | BatchNormAddReLU2d), f"{t} (bn2 must be a batch norm)")
+    if not isinstance(bn2, BatchNormAddReLU2d):  # a plain nn.BatchNorm2d: the same state
+        out.bn2 = BatchNormAddReLU2d(*_bn_args(bn2))
+        out.bn2.load_state_dict(bn2.state_dict())
+    else:
+        out.bn2 = bn2
     if t.skip_conv is not None:
         out.skip_conv, out.skip_bn = from_torch(t.skip_conv), from_torch(t.skip_bn)  # type: ignore[assignment,arg-type]
     return out
@@ -247,6 +265,9 @@ register(BatchNorm2d, nn.BatchNorm2d, lambda m: nn.BatchNorm2d(*_bn_args(m)),
          lambda t: BatchNorm2d(*_bn_args(t)), BN)
 register(BatchNormReLU2d, TorchBatchNormReLU2d, lambda m: TorchBatchNormReLU2d(*_bn_args(m)),
          lambda t: BatchNormReLU2d(*_bn_args(t)), BN)
+register(BatchNormAddReLU2d, TorchBatchNormAddReLU2d,
+         lambda m: TorchBatchNormAddReLU2d(*_bn_args(m)),
+         lambda t: BatchNormAddReLU2d(*_bn_args(t)), BN)
 register(LayerNorm, nn.LayerNorm,
          lambda m: nn.LayerNorm(m.normalized_shape, m.eps, m.weight is not None, bias=_has_bias(m)),
          lambda t: LayerNorm(t.normalized_shape, t.eps, t.elementwise_affine, bias=_has_bias(t)),

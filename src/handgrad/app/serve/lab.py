@@ -42,8 +42,10 @@ class FrozenBatchNorm(Module):
         y = x * s_c + t_c,   s_c = gamma_c / sqrt(running_var_c + eps),
                              t_c = beta_c - running_mean_c * s_c
 
-    (then ``max(y, 0)`` for a ``BatchNormReLU2d``). Its statistics are constants, so
-    ``dL/dx = dL/dy * s_c`` (times the mask ``y > 0`` after a ReLU); it has no parameters.
+    (then ``max(y, 0)`` for a ``BatchNormReLU2d``; ``max(y + residual, 0)`` for a
+    ``BatchNormAddReLU2d``, which takes the residual as a second input). Its statistics are
+    constants, so ``dL/dx = dL/dy * s_c`` (times the mask ``y > 0`` after a ReLU, and the
+    residual's gradient is that masked ``dL/dy``); it has no parameters.
     """
 
     def __init__(self, bn: _BatchNorm) -> None:
@@ -56,13 +58,17 @@ class FrozenBatchNorm(Module):
     def _per_channel(self, t: Tensor, x: Tensor) -> Tensor:
         return t.view(1, -1, *([1] * (x.ndim - 2)))  # (1, C, 1, 1) or (1, C)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *residual: Tensor) -> Tensor:
         y = x * self._per_channel(self.scale, x) + self._per_channel(self.shift, x)
+        if residual:
+            y = y + residual[0]
         return y.clamp_min(0) if self.relu else y
 
-    def bwd(self, out: Tensor, x: Tensor) -> None:
+    def bwd(self, out: Tensor, x: Tensor, *residual: Tensor) -> None:
         g = out.g * (out > 0) if self.relu else out.g
         x.g = g * self._per_channel(self.scale, x)
+        if residual:
+            residual[0].g = g
 
 
 def _frozen(m: Module) -> Module:

@@ -49,6 +49,8 @@ from handgrad.nn.functional.losses import (
     mse_forward,
 )
 from handgrad.nn.functional.norm import (
+    batchnorm_add_relu_backward,
+    batchnorm_add_relu_forward,
     batchnorm_backward,
     batchnorm_forward,
     batchnorm_relu_backward,
@@ -71,6 +73,8 @@ __all__ = [
     "ConvGeometry",
     "avgpool2d_backward",
     "avgpool2d_forward",
+    "batchnorm_add_relu_backward",
+    "batchnorm_add_relu_forward",
     "batchnorm_backward",
     "batchnorm_forward",
     "batchnorm_relu_backward",

@@ -209,14 +209,19 @@ def _fused_forward(
     momentum: float,
     eps: float,
     relu: bool,
+    residual: Tensor | None = None,
 ) -> tuple[Tensor, NormCache | None]:
-    """The fused forward, then a ReLU when ``relu``. In training on float32 CPU tensors the
+    """The fused forward, then a ReLU when ``relu`` (after adding ``residual``, where given:
+    ``relu`` is then true). In training on float32 CPU tensors the
     compiled channel-at-a-time version (:mod:`handgrad.nn.functional.norm_fast`) computes the
     same numbers where it is built; the ATen formulation below is the fallback and the
     reference the tests hold it to."""
     dims, shape = _channel_axes(x, training)
-    if training and norm_fast.applies(x, gamma, beta):
-        done = norm_fast.forward(x, gamma, beta, eps, relu)
+    compiled = norm_fast.applies(x, gamma, beta) and (
+        residual is None or (norm_fast.applies(residual) and residual.shape == x.shape)
+    )
+    if training and compiled:
+        done = norm_fast.forward(x, gamma, beta, eps, relu, residual)
         if done is not None:
             out, mean64, var64 = done  # (C,) each, float64
             mean, var = mean64.to(x.dtype), var64.to(x.dtype)
@@ -239,6 +244,8 @@ def _fused_forward(
     else:
         shift = torch.addcmul(beta.view(1, -1, 1), mean, scale, value=-1.0)  # beta - mean*scale
     out = torch.addcmul(shift, x3, _plane(scale, x3)).view(x.shape)
+    if residual is not None:
+        out = out.add_(residual)  # the buffer is out's own: add in place
     if relu:
         out = out.clamp_min_(0.0)
     if not training:
@@ -257,27 +264,32 @@ def fused_batchnorm_backward(
     per-channel ``a, b, c``."""
     done = _compiled_backward(dout, None, cache, affine, need_dx)
     if done is not None:
-        return done
+        return done[:3]
     x = cache.x
     dy = dout.reshape(x.shape[0], x.shape[1], -1)  # (N, C, L), as in the forward
     return _fused_backward(dy, cache, affine=affine, need_dx=need_dx)
 
 
 def _compiled_backward(
-    dout: Tensor, out: Tensor | None, cache: NormCache, affine: bool, need_dx: bool
-) -> tuple[Tensor | None, Tensor | None, Tensor | None] | None:
+    dout: Tensor,
+    out: Tensor | None,
+    cache: NormCache,
+    affine: bool,
+    need_dx: bool,
+    need_dresidual: bool = False,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None] | None:
     """The backward by :mod:`handgrad.nn.functional.norm_fast` where it applies (float32 CPU
-    tensors, the library built); ``None`` otherwise."""
+    tensors, the library built): ``(dx, dgamma, dbeta, dresidual)``; ``None`` otherwise."""
     x, mean, inv_std, gamma, _ = cache
     g = None if gamma is None else gamma.reshape(-1)
     if not (norm_fast.applies(x, g) and norm_fast.applies(dout) and dout.shape == x.shape):
         return None
     if out is not None and not (norm_fast.applies(out) and out.shape == x.shape):
         return None
-    done = norm_fast.backward(dout, out, x, g, mean, inv_std, need_dx)
+    done = norm_fast.backward(dout, out, x, g, mean, inv_std, need_dx, need_dresidual)
     if done is None or affine:
         return done
-    return done[0], None, None
+    return done[0], None, None, done[3]
 
 
 def _fused_backward(
@@ -341,8 +353,60 @@ def batchnorm_relu_backward(
     """
     done = _compiled_backward(dout, out, cache, affine, need_dx)
     if done is not None:
-        return done
+        return done[:3]
     x = cache.x
     masked = torch.ops.aten.threshold_backward(dout, out, 0.0)  # dy * (y > 0), x's shape
     dy = masked.reshape(x.shape[0], x.shape[1], -1)  # (N, C, L)
     return _fused_backward(dy, cache, affine=affine, need_dx=need_dx)
+
+
+def batchnorm_add_relu_forward(
+    x: Tensor,
+    residual: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    *,
+    training: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[Tensor, NormCache | None]:
+    """``y = max(bn(x) + residual, 0)``: the end of a residual block, where the main path's
+    last batch norm meets the skip path. One buffer is written (no batch-norm output, no sum
+    before the ReLU); only ``x`` and ``y`` stay alive for the backward. ``residual`` has
+    ``x``'s shape."""
+    if residual.shape != x.shape:
+        raise ValueError(
+            f"batch norm + residual: the residual's shape {tuple(residual.shape)} is not the "
+            f"input's {tuple(x.shape)}"
+        )
+    return _fused_forward(
+        x, gamma, beta, running_mean, running_var, training, momentum, eps, True, residual
+    )
+
+
+def batchnorm_add_relu_backward(
+    dout: Tensor,
+    out: Tensor,
+    cache: NormCache,
+    *,
+    affine: bool = True,
+    need_dx: bool = True,
+    need_dresidual: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """``(dx, dgamma, dbeta, dresidual)`` of :func:`batchnorm_add_relu_forward`, given its
+    output ``out``.
+
+    ``y = relu(z)`` with ``z = bn(x) + residual``: the ReLU passes ``g = dy * (y > 0)`` back
+    to ``z``, and ``dz/dresidual = 1``, so ``dresidual = g``, while ``x`` gets the batch-norm
+    backward of ``g``. (The compiled kernel writes ``g`` while it sums it.)
+    """
+    done = _compiled_backward(dout, out, cache, affine, need_dx, need_dresidual)
+    if done is not None:
+        return done
+    x = cache.x
+    masked = torch.ops.aten.threshold_backward(dout, out, 0.0)  # g = dy * (y > 0), x's shape
+    dy = masked.reshape(x.shape[0], x.shape[1], -1)  # (N, C, L)
+    dx, dgamma, dbeta = _fused_backward(dy, cache, affine=affine, need_dx=need_dx)
+    return dx, dgamma, dbeta, masked if need_dresidual else None

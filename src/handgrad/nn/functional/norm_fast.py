@@ -28,9 +28,9 @@ _FLAGS = ["-O3", "-fopenmp", "-fno-math-errno",
 def _load() -> ctypes.CDLL:
     lib = c_library(_SOURCE, _FLAGS)
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.handgrad_bn_forward.argtypes = [p] * 6 + [i64] * 3 + [ctypes.c_double] + [ctypes.c_int] * 2
+    lib.handgrad_bn_forward.argtypes = [p] * 7 + [i64] * 3 + [ctypes.c_double] + [ctypes.c_int] * 2
     lib.handgrad_bn_forward.restype = None
-    lib.handgrad_bn_backward.argtypes = [p] * 8 + [i64] * 3 + [ctypes.c_int]
+    lib.handgrad_bn_backward.argtypes = [p] * 9 + [i64] * 3 + [ctypes.c_int]
     lib.handgrad_bn_backward.restype = None
     return lib
 
@@ -60,11 +60,17 @@ def applies(x: Tensor, *params: Tensor | None) -> bool:
 
 
 def forward(
-    x: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: float, relu: bool
+    x: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    eps: float,
+    relu: bool,
+    residual: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor] | None:
-    """``(y, mean, var)`` of training-mode batch norm (then a ReLU if ``relu``), the statistics
-    (C,) in float64 with the biased variance; ``None`` where the C code is unavailable. The
-    caller checks :func:`applies` first."""
+    """``(y, mean, var)`` of training-mode batch norm (then a ReLU if ``relu``; with a
+    ``residual``, ``y = max(bn(x) + residual, 0)``), the statistics (C,) in float64 with the
+    biased variance; ``None`` where the C code is unavailable. The caller checks :func:`applies`
+    first (``residual`` too, and that it has ``x``'s shape)."""
     lib = build.get()
     if lib is None:
         return None
@@ -73,7 +79,8 @@ def forward(
     mean = torch.empty(c, dtype=torch.float64)
     var = torch.empty(c, dtype=torch.float64)
     lib.handgrad_bn_forward(
-        x.data_ptr(), _ptr(gamma), _ptr(beta), out.data_ptr(), mean.data_ptr(), var.data_ptr(),
+        x.data_ptr(), _ptr(gamma), _ptr(beta), _ptr(residual), out.data_ptr(), mean.data_ptr(),
+        var.data_ptr(),
         n, c, x.numel() // (n * c), eps, int(relu), torch.get_num_threads(),
     )  # fmt: skip
     return out, mean, var
@@ -87,10 +94,13 @@ def backward(
     mean: Tensor,
     inv_std: Tensor,
     need_dx: bool,
-) -> tuple[Tensor | None, Tensor, Tensor] | None:
-    """``(dx, dgamma, dbeta)`` for the gradient ``dout`` at the output; ``out`` is the ReLU's
-    output (``None`` without a ReLU); ``mean``/``inv_std`` hold C values each. ``None`` where
-    the C code is unavailable. The caller checks :func:`applies` (``dout`` and ``out`` too)."""
+    need_dresidual: bool = False,
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None] | None:
+    """``(dx, dgamma, dbeta, dresidual)`` for the gradient ``dout`` at the output; ``out`` is
+    the ReLU's output (``None`` without a ReLU); ``mean``/``inv_std`` hold C values each;
+    ``dresidual`` (``dout`` masked by the ReLU) only with ``need_dresidual``, which needs
+    ``out``. ``None`` where the C code is unavailable. The caller checks :func:`applies`
+    (``dout`` and ``out`` too)."""
     lib = build.get()
     if lib is None:
         return None
@@ -98,11 +108,12 @@ def backward(
     mean64 = mean.reshape(-1).to(torch.float64).contiguous()
     inv_std64 = inv_std.reshape(-1).to(torch.float64).contiguous()
     dx = torch.empty_like(x) if need_dx else None
+    dres = torch.empty_like(x) if need_dresidual else None
     sums = torch.empty(c, 2, dtype=torch.float64)  # (dbeta, dgamma) per channel
     lib.handgrad_bn_backward(
         dout.data_ptr(), _ptr(out), x.data_ptr(), _ptr(gamma), mean64.data_ptr(),
-        inv_std64.data_ptr(), _ptr(dx), sums.data_ptr(), n, c, x.numel() // (n * c),
+        inv_std64.data_ptr(), _ptr(dx), _ptr(dres), sums.data_ptr(), n, c, x.numel() // (n * c),
         torch.get_num_threads(),
     )  # fmt: skip
     sums = sums.to(torch.float32)
-    return dx, sums[:, 1].contiguous(), sums[:, 0].contiguous()
+    return dx, sums[:, 1].contiguous(), sums[:, 0].contiguous(), dres

@@ -1,14 +1,16 @@
-/* Training-mode batch norm (optionally followed by a ReLU) over x (N, C, L), float32, written
-   out by hand: the formulas of handgrad.nn.functional.norm, one channel at a time.
+/* Training-mode batch norm (optionally followed by a ReLU, or by the addition of a residual r
+   and a ReLU) over x (N, C, L), float32, written out by hand: the formulas of
+   handgrad.nn.functional.norm, one channel at a time.
 
    Forward, per channel c (its N planes of L values, strided by C L):
        mean = sum(x) / M,  var = sum((x - mean)^2) / M   (M = N L; two passes, no cancellation)
        y = x * scale + shift, scale = gamma / sqrt(var + eps), shift = beta - mean * scale
-       (then y = max(y, 0) with the ReLU)
+       (then y = max(y, 0) with the ReLU; y = max(y + r, 0) with the residual)
    Backward, with g = dy (or dy * [y > 0] behind the ReLU) and xhat = (x - mean) * inv_std:
        dbeta = sum(g),  dgamma = sum(g * xhat)
        dx = a g + b x + k,  a = gamma inv_std,  b = -a inv_std dgamma / M,
                             k = -a dbeta / M - b mean
+       and, with the residual, dr = g (written in the pass that sums g).
    Why by hand: a channel's values (M floats: 400 KB for 128 images of 28x28) fit in the L2
    cache, so the second and third passes over a channel read the cache, not memory: each tensor
    is read from memory once and written once. ATen's batch norm plus a separate ReLU (and its
@@ -31,8 +33,8 @@
 #endif
 
 typedef struct {
-  const float *x, *dy, *y, *gamma, *beta;
-  float *out, *dx;
+  const float *x, *dy, *y, *gamma, *beta, *res; /* res: the residual r, or NULL */
+  float *out, *dx, *dres;                        /* dres: dL/dr, or NULL */
   double *mean, *var, *sums; /* per channel: mean, biased variance; backward: dbeta, dgamma */
   int64_t n, c, l;
   double eps;
@@ -69,7 +71,13 @@ CLONES static void forward(const job *jb) {
     for (int64_t n = 0; n < n_img; n++) {
       const float *p = xc + n * stride;
       float *o = oc + n * stride;
-      if (jb->relu)
+      if (jb->res) {
+        const float *r = jb->res + c * l + n * stride;
+        for (int64_t i = 0; i < l; i++) {
+          const float v = p[i] * scale + shift + r[i];
+          o[i] = v > 0.0f ? v : 0.0f;
+        }
+      } else if (jb->relu)
         for (int64_t i = 0; i < l; i++) {
           const float v = p[i] * scale + shift;
           o[i] = v > 0.0f ? v : 0.0f;
@@ -91,7 +99,14 @@ CLONES static void backward(const job *jb) {
       const int64_t at = c * l + n * stride;
       const float *d = jb->dy + at, *x = jb->x + at, *y = jb->y ? jb->y + at : 0;
       float p1 = 0.0f, p2 = 0.0f;
-      if (y)
+      if (jb->dres) {
+        float *dr = jb->dres + at;
+        for (int64_t i = 0; i < l; i++) {
+          const float g = y[i] > 0.0f ? d[i] : 0.0f;
+          dr[i] = g;
+          p1 += g, p2 += g * (x[i] - mf);
+        }
+      } else if (y)
         for (int64_t i = 0; i < l; i++) {
           const float g = y[i] > 0.0f ? d[i] : 0.0f;
           p1 += g, p2 += g * (x[i] - mf);
@@ -139,23 +154,26 @@ static void run_split(void (*fn)(const job *), job base, int threads) {
 #endif
 }
 
-/* out = bn(x) (then ReLU); mean and var (biased) per channel out, in double. */
-void handgrad_bn_forward(const float *x, const float *gamma, const float *beta, float *out,
-                         double *mean, double *var, int64_t n, int64_t c, int64_t l, double eps,
-                         int relu, int threads) {
+/* out = bn(x) (then ReLU; or max(bn(x) + res, 0) where res is not NULL); mean and var
+   (biased) per channel out, in double. */
+void handgrad_bn_forward(const float *x, const float *gamma, const float *beta, const float *res,
+                         float *out, double *mean, double *var, int64_t n, int64_t c, int64_t l,
+                         double eps, int relu, int threads) {
   job jb = {0};
-  jb.x = x, jb.gamma = gamma, jb.beta = beta, jb.out = out, jb.mean = mean, jb.var = var;
+  jb.x = x, jb.gamma = gamma, jb.beta = beta, jb.res = res, jb.out = out;
+  jb.mean = mean, jb.var = var;
   jb.n = n, jb.c = c, jb.l = l, jb.eps = eps, jb.relu = relu;
   run_split(forward, jb, threads);
 }
 
-/* dx (skipped when NULL) and sums[2c] = dbeta, sums[2c + 1] = dgamma; y is the ReLU's output
-   (NULL without a ReLU); mean and inv_std per channel, in double. */
+/* dx (skipped when NULL), dres (the residual's gradient, the masked dy; NULL without a
+   residual) and sums[2c] = dbeta, sums[2c + 1] = dgamma; y is the ReLU's output (NULL without
+   a ReLU); mean and inv_std per channel, in double. */
 void handgrad_bn_backward(const float *dy, const float *y, const float *x, const float *gamma,
-                          const double *mean, const double *inv_std, float *dx, double *sums,
-                          int64_t n, int64_t c, int64_t l, int threads) {
+                          const double *mean, const double *inv_std, float *dx, float *dres,
+                          double *sums, int64_t n, int64_t c, int64_t l, int threads) {
   job jb = {0};
-  jb.dy = dy, jb.y = y, jb.x = x, jb.gamma = gamma, jb.dx = dx, jb.sums = sums;
+  jb.dy = dy, jb.y = y, jb.x = x, jb.gamma = gamma, jb.dx = dx, jb.dres = dres, jb.sums = sums;
   jb.mean = (double *)mean, jb.var = (double *)inv_std;
   jb.n = n, jb.c = c, jb.l = l;
   run_split(backward, jb, threads);

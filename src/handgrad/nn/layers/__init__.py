@@ -18,7 +18,13 @@ from handgrad.nn.layers.activations import (
 from handgrad.nn.layers.conv import Conv2d
 from handgrad.nn.layers.dropout import Dropout
 from handgrad.nn.layers.linear import Linear
-from handgrad.nn.layers.norm import BatchNorm1d, BatchNorm2d, BatchNormReLU2d, LayerNorm
+from handgrad.nn.layers.norm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNormAddReLU2d,
+    BatchNormReLU2d,
+    LayerNorm,
+)
 from handgrad.nn.layers.pool import AvgPool2d, GlobalAvgPool, MaxPool2d
 from handgrad.nn.layers.resblock import ResBlock
 from handgrad.nn.layers.reshape import Flatten, Identity, Reshape
@@ -28,6 +34,7 @@ __all__ = [
     "AvgPool2d",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNormAddReLU2d",
     "BatchNormReLU2d",
     "Conv2d",
     "Dropout",

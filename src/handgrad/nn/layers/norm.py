@@ -1,9 +1,11 @@
 """Normalisation layers: ``BatchNorm1d``, ``BatchNorm2d``, ``BatchNormReLU2d`` (batch norm
-and a ReLU in one layer) and ``LayerNorm``."""
+and a ReLU in one layer), ``BatchNormAddReLU2d`` (batch norm, a residual and a ReLU: the end of
+a residual block) and ``LayerNorm``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -75,16 +77,23 @@ class _BatchNorm(Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._normalise(x)
+
+    def _normalise(self, x: Tensor, *residual: Tensor) -> Tensor:
+        """The forward, with the residual of ``BatchNormAddReLU2d`` where given."""
         if x.ndim not in self.ranks or x.shape[1] != self.num_features:
             raise ValueError(
                 f"{self._label()}: expected input {self.shape_text.format(C=self.num_features)}, "
                 f"got {tuple(x.shape)}"
             )
-        forward = F.batchnorm_relu_forward if self.relu else F.fused_batchnorm_forward
+        if residual:
+            forward = partial(F.batchnorm_add_relu_forward, residual=residual[0])
+        else:
+            forward = F.batchnorm_relu_forward if self.relu else F.fused_batchnorm_forward
         if not (self.training or not self.track_running_stats):  # evaluation: running stats
             out, _ = forward(
-                x, self.weight, self.bias, self.running_mean, self.running_var,
-                training=False, eps=self.eps,
+                x, gamma=self.weight, beta=self.bias, running_mean=self.running_mean,
+                running_var=self.running_var, training=False, eps=self.eps,
             )  # fmt: skip
             return out
         update = self.training and self.track_running_stats
@@ -95,10 +104,10 @@ class _BatchNorm(Module):
                 momentum = 1.0 / float(self.num_batches_tracked)
         out, cache = forward(
             x,
-            self.weight,
-            self.bias,
-            self.running_mean if update else None,
-            self.running_var if update else None,
+            gamma=self.weight,
+            beta=self.bias,
+            running_mean=self.running_mean if update else None,
+            running_var=self.running_var if update else None,
             training=True,
             momentum=momentum or 0.0,
             eps=self.eps,
@@ -106,10 +115,17 @@ class _BatchNorm(Module):
         self.save_for_backward(cache)
         return out
 
-    def bwd(self, out: Tensor, x: Tensor) -> None:
+    def bwd(self, out: Tensor, x: Tensor, *residual: Tensor) -> None:
         (cache,) = self.saved
         need_dx = self.needs_input_grad[0]
-        if self.relu:  # the ReLU's mask is read from the output, `y > 0`
+        if residual:  # BatchNormAddReLU2d: the residual gets the masked gradient
+            dx, dgamma, dbeta, dres = F.batchnorm_add_relu_backward(
+                out.g, out, cache, affine=self.affine, need_dx=need_dx,
+                need_dresidual=self.needs_input_grad[1],
+            )  # fmt: skip
+            if dres is not None:
+                residual[0].g = dres
+        elif self.relu:  # the ReLU's mask is read from the output, `y > 0`
             dx, dgamma, dbeta = F.batchnorm_relu_backward(
                 out.g, out, cache, affine=self.affine, need_dx=need_dx
             )
@@ -160,6 +176,33 @@ class BatchNormReLU2d(_BatchNorm):
     shape_text = "(N, {C}, H, W)"
     relu = True
     init_nonlinearity: ClassVar[str] = "relu"  # a conv feeding it takes Kaiming's gain
+
+
+class BatchNormAddReLU2d(_BatchNorm):
+    """``y = max(bn(x) + residual, 0)``: the end of a residual block, where the main path's
+    last ``BatchNorm2d`` meets the skip path, in one layer with two inputs.
+
+    The same parameters, buffers, state-dict names and numbers as ``BatchNorm2d(C)``, then
+    ``+ residual``, then ``ReLU()`` (up to float rounding), in one pass that writes one buffer.
+    Backward: the ReLU's mask ``g = dy * (y > 0)`` is read from the output; ``d(bn(x) +
+    residual)/dresidual = 1``, so the residual's gradient is ``g`` itself and ``x``'s is the
+    batch-norm backward of ``g``. See :func:`handgrad.nn.functional.batchnorm_add_relu_forward`.
+
+    Shape:
+        x, residual: (N, C, H, W) -> (N, C, H, W).
+
+    Example:
+        >>> tail = BatchNormAddReLU2d(8)
+        >>> tail(torch.randn(4, 8, 5, 5), torch.randn(4, 8, 5, 5)).shape
+        torch.Size([4, 8, 5, 5])
+    """
+
+    ranks = (4,)
+    shape_text = "(N, {C}, H, W)"
+    relu = True
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:  # type: ignore[override]
+        return self._normalise(x, residual)
 
 
 class LayerNorm(Module):

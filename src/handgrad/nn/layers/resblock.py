@@ -6,9 +6,8 @@ import torch
 from torch import Tensor
 
 from handgrad.nn.functional.conv import Method
-from handgrad.nn.layers.activations import ReLU
 from handgrad.nn.layers.conv import Conv2d
-from handgrad.nn.layers.norm import BatchNorm2d, BatchNormReLU2d
+from handgrad.nn.layers.norm import BatchNorm2d, BatchNormAddReLU2d, BatchNormReLU2d
 from handgrad.nn.module import Module
 
 
@@ -17,7 +16,9 @@ class ResBlock(Module):
 
     - the main path ``F(x) = bn2(conv2(relu(bn1(conv1(x)))))``: two 3x3 convolutions without
       bias, the first with ``stride`` (downsampling), each followed by a batch norm (the first
-      fused with its ReLU, :class:`~handgrad.nn.layers.BatchNormReLU2d`);
+      fused with its ReLU, :class:`~handgrad.nn.layers.BatchNormReLU2d`; the second with the
+      sum and the last ReLU, :class:`~handgrad.nn.layers.BatchNormAddReLU2d`, which takes the
+      skip path as its second input);
     - the skip path ``S(x)``: ``x`` itself when the shape is kept (``in_channels ==
       out_channels`` and ``stride == 1``), else ``bn(conv1x1(x, stride))``, the projection
       that makes the two paths add up.
@@ -28,8 +29,9 @@ class ResBlock(Module):
 
         dx = dF/dx^T g  +  dS/dx^T g        (dS/dx^T g = g for the identity skip)
 
-    Each sub-layer's backward is its own hand-written one; this class only routes ``g`` and
-    adds the two contributions, explicitly.
+    Each sub-layer's backward is its own hand-written one; ``bn2``'s returns the gradients of
+    both its inputs (``g`` for the skip path), and this class routes them and adds the two
+    contributions to ``dx``, explicitly.
 
     Init: the convolutions are Kaiming-initialised (they feed ReLUs; the 1x1 projection too,
     for the same variance on both paths). With ``zero_init=True`` the second batch norm's
@@ -73,7 +75,7 @@ class ResBlock(Module):
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, **conv)  # type: ignore[arg-type]
         self.bn1 = BatchNormReLU2d(out_channels)
         self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, **conv)  # type: ignore[arg-type]
-        self.bn2 = BatchNorm2d(out_channels)
+        self.bn2 = BatchNormAddReLU2d(out_channels)  # bn, + skip, ReLU
         if zero_init:
             with torch.no_grad():
                 self.bn2.weight.zero_()
@@ -87,18 +89,18 @@ class ResBlock(Module):
             skip = {**conv, "method": "im2col" if method == "auto" else method}
             self.skip_conv = Conv2d(in_channels, out_channels, 1, stride, 0, **skip)  # type: ignore[arg-type]
             self.skip_bn = BatchNorm2d(out_channels)
-        self.act = ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        main = self.bn2(self.conv2(self.bn1(self.conv1(x))))  # (N, O, Ho, Wo)
+        h = self.conv2(self.bn1(self.conv1(x)))  # (N, O, Ho, Wo)
         skip = x if self.skip_conv is None else self.skip_bn(self.skip_conv(x))  # type: ignore[misc]
-        return self.act(main + skip)  # (N, O, Ho, Wo)
+        return self.bn2(h, skip)  # relu(bn2(h) + skip), (N, O, Ho, Wo)
 
     def bwd(self, out: Tensor, x: Tensor) -> None:
         need = self.needs_input_grad[0]
-        g = self.act.backward(out.g)  # dL/d(main + skip), what both paths receive
+        # dh: through bn2 into the main path; g = dL/d(main + skip), what the skip path receives
+        dh, g = self.bn2.backward(out.g)
         dx_main = self.conv1.backward(
-            self.bn1.backward(self.conv2.backward(self.bn2.backward(g))), need_input_grad=need
+            self.bn1.backward(self.conv2.backward(dh)), need_input_grad=need
         )
         if self.skip_conv is None:
             dx_skip = g  # the identity's Jacobian is 1
