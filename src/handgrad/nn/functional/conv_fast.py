@@ -9,9 +9,10 @@ writes it as a matrix product whose columns are read from x in place (its header
 here is only when it applies and the call.
 
 The input gradient of a stride-2, padding-1 convolution (:func:`conv3x3_input_grad_s2`) is the
-transposed convolution of ``dy``, which PyTorch's CPU kernels run 2-3x slower than the forward
-convolution of the same size; the C file splits it into the four phases (even or odd row and
-column) of ``dx``, each a small stride-1 correlation of ``dy``.
+transposed convolution of ``dy``, which PyTorch's CPU kernels (oneDNN) run slowly when ``dx``
+has few channels: at 16, twice the time of the forward convolution of the same size. The C file
+splits it into the four phases (even or odd row and column) of ``dx``, each a small stride-1
+correlation of ``dy``.
 
 It applies to float32, contiguous, CPU, one group, dilation 1, a 3x3 kernel, any stride and
 padding up to 2 (every 3x3 convolution of the ``resnet`` and ``cnn`` models). Anywhere else, or
