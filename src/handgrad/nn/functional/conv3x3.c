@@ -219,7 +219,8 @@ void handgrad_conv3x3_wgrad(const float *x, const float *dy, float *dw, float *s
 /* The input gradient of a 3x3 convolution with stride 2 and padding 1 (the resnet's
    downsampling convolutions), dx[n, c, u, v] = sum of dy[n, o, a, b] W[o, c, i, j] over the
    (o, a, b, i, j) with u = 2a + i - 1 and v = 2b + j - 1. PyTorch runs it as a transposed
-   convolution, 2-3x slower than the forward convolution of the same size (RESULTS.md).
+   convolution, which oneDNN handles slowly when dx has few channels (at 16, twice the time of
+   the forward convolution of the same size; RESULTS.md).
 
    Along one axis, an even pixel u = 2m is reached only by tap i = 1 (from a = m), an odd one
    u = 2m + 1 by taps i = 2 (a = m) and i = 0 (a = m + 1). So each of the four phases (u, v

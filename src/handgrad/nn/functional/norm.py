@@ -351,13 +351,23 @@ def batchnorm_relu_backward(
     batch norm's output gradient is ``dy * (y > 0)``, read from ``out`` by ATen's
     ``threshold_backward`` (no mask stored); then the fused batch-norm backward.
     """
-    done = _compiled_backward(dout, out, cache, affine, need_dx)
+    return _behind_relu_backward(dout, out, cache, affine, need_dx, need_masked=False)[:3]
+
+
+def _behind_relu_backward(
+    dout: Tensor, out: Tensor, cache: NormCache, affine: bool, need_dx: bool, need_masked: bool
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """``(dx, dgamma, dbeta, masked)`` of a batch norm whose output (plus a residual, for
+    :func:`batchnorm_add_relu_backward`) went through a ReLU, ``out`` being the ReLU's output:
+    compiled where it applies, else ATen. ``masked = dy * (y > 0)`` only with ``need_masked``."""
+    done = _compiled_backward(dout, out, cache, affine, need_dx, need_masked)
     if done is not None:
-        return done[:3]
+        return done
     x = cache.x
     masked = torch.ops.aten.threshold_backward(dout, out, 0.0)  # dy * (y > 0), x's shape
     dy = masked.reshape(x.shape[0], x.shape[1], -1)  # (N, C, L)
-    return _fused_backward(dy, cache, affine=affine, need_dx=need_dx)
+    dx, dgamma, dbeta = _fused_backward(dy, cache, affine=affine, need_dx=need_dx)
+    return dx, dgamma, dbeta, masked if need_masked else None
 
 
 def batchnorm_add_relu_forward(
@@ -402,11 +412,4 @@ def batchnorm_add_relu_backward(
     to ``z``, and ``dz/dresidual = 1``, so ``dresidual = g``, while ``x`` gets the batch-norm
     backward of ``g``. (The compiled kernel writes ``g`` while it sums it.)
     """
-    done = _compiled_backward(dout, out, cache, affine, need_dx, need_dresidual)
-    if done is not None:
-        return done
-    x = cache.x
-    masked = torch.ops.aten.threshold_backward(dout, out, 0.0)  # g = dy * (y > 0), x's shape
-    dy = masked.reshape(x.shape[0], x.shape[1], -1)  # (N, C, L)
-    dx, dgamma, dbeta = _fused_backward(dy, cache, affine=affine, need_dx=need_dx)
-    return dx, dgamma, dbeta, masked if need_dresidual else None
+    return _behind_relu_backward(dout, out, cache, affine, need_dx, need_dresidual)
