@@ -1,5 +1,6 @@
 """One training step of the ``resnet`` model (batch 128): handgrad against ``torch.nn`` +
-autograd on the same weights, then each of its convolution shapes (forward + backward) with
+autograd on the same weights (NCHW, torch's default, and channels-last, as handgrad's recipe
+computes), then each of its convolution shapes (forward + backward) with
 handgrad's two methods and PyTorch. One process, alternating rounds, medians of wall time.
 
     PYTHONPATH=src python benchmarks/bench_resnet_step.py --repeats 9
@@ -48,7 +49,8 @@ def main() -> None:
     torch.manual_seed(0)
     x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
     model = build_model("resnet", generator=torch.Generator().manual_seed(0))
-    twin = to_torch(model).train()
+    twin = to_torch(model).train().to(memory_format=torch.contiguous_format)  # torch's default
+    twin_cl = to_torch(model).train().to(memory_format=torch.channels_last)
     loss, t_loss = (
         CrossEntropyLoss(label_smoothing=0.1),
         torch.nn.CrossEntropyLoss(label_smoothing=0.1),
@@ -59,14 +61,21 @@ def main() -> None:
         model.backward(loss.backward()[0], need_input_grad=False)
         model.zero_grad()
 
-    def torch_step() -> None:
-        t_loss(twin(x), y).backward()
-        twin.zero_grad(set_to_none=True)
+    def torch_step(net: torch.nn.Module) -> Callable[[], None]:
+        def step() -> None:
+            t_loss(net(x), y).backward()
+            net.zero_grad(set_to_none=True)
 
-    step = medians({"handgrad": handgrad_step, "torch": torch_step}, args.repeats)
-    hg, tt = step["handgrad"], step["torch"]
+        return step
+
+    step = medians(
+        {"handgrad": handgrad_step, "torch": torch_step(twin), "torch_cl": torch_step(twin_cl)},
+        args.repeats,
+    )
+    hg, tt, tc = step["handgrad"], step["torch"], step["torch_cl"]
     print(f"resnet step, batch 128, {args.threads} thread(s): handgrad {hg:.1f} ms, "
-          f"torch {tt:.1f} ms, handgrad/torch {hg / tt:.2f}")  # fmt: skip
+          f"torch {tt:.1f} ms (NCHW), torch {tc:.1f} ms (channels-last); handgrad/torch "
+          f"{hg / tt:.2f}, {hg / tc:.2f}")  # fmt: skip
     print("conv (in, out, k, stride, side): forward+backward ms: im2col, direct, torch")
     for c, o, k, s, side in SHAPES:
         xb = torch.randn(128, c, side, side)

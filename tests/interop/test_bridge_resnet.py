@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import handgrad.interop.torch as hgt
-from handgrad.nn.layers import ResBlock
+from handgrad.nn.layers import Conv2d, ResBlock
 from handgrad.nn.models import build_model
 
 
@@ -31,6 +31,19 @@ def test_resnet_round_trip_with_trained_statistics() -> None:
     for (n, a), (m, b) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
         assert n == m and torch.equal(a, b), n
     assert torch.equal(back(x), model(x))
+    # the memory layout travels too: the recipe's channels-last convolutions (the stem's one
+    # input channel included) stay channels-last on both sides, and NCHW ones NCHW
+    convs = [m for m in model.modules() if isinstance(m, Conv2d)]
+    assert convs and all(m.channels_last for m in convs)
+    assert all(
+        m.weight.is_contiguous(memory_format=torch.channels_last) and m.weight.stride(1) == 1
+        for m in tm.modules()
+        if isinstance(m, nn.Conv2d)
+    )
+    assert all(m.channels_last for m in back.modules() if isinstance(m, Conv2d))
+    nchw = hgt.from_torch(tm.to(memory_format=torch.contiguous_format)).eval()
+    assert not any(m.channels_last for m in nchw.modules() if isinstance(m, Conv2d))
+    torch.testing.assert_close(nchw(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("c", "o", "stride"), [(3, 3, 1), (2, 4, 2)])

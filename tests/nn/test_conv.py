@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from handgrad.check.cases import conv_reference
 from handgrad.nn import functional as F
 from handgrad.nn.functional.conv import ConvGeometry, col2im, im2col, pick_method
+from handgrad.nn.functional.layout import layout_of, to_layout
 from handgrad.nn.layers import Conv2d
 
 from support import assert_grads
@@ -60,23 +61,35 @@ def test_conv_gradients(spec, shape, method) -> None:
     assert_grads(make(spec, method), r(*shape), reference=conv_reference)
 
 
+@pytest.mark.parametrize("method", ["auto", "im2col"])
+@pytest.mark.parametrize(("spec", "shape"), GEOMETRIES, ids=[str(g[1]) for g in GEOMETRIES])
+def test_conv_gradients_channels_last(spec, shape, method) -> None:
+    torch.manual_seed(0)
+    conv = make(spec, method, channels_last=True)
+    assert layout_of(conv(r(*shape).float())) == "nhwc"
+    assert_grads(conv, r(*shape), reference=conv_reference)
+
+
 def test_conv_gradients_without_kept_columns() -> None:
     torch.manual_seed(0)
     conv = Conv2d(3, 4, 3, stride=2, padding=1, method="im2col", keep_cols=False)
     assert_grads(conv, r(2, 3, 6, 6), reference=conv_reference)
 
 
-@pytest.mark.parametrize("method", ["im2col", "direct", "auto"])
-def test_conv_float32_forward_and_backward_match_torch(method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "channels_last"),
+    [("im2col", False), ("direct", False), ("auto", False), ("auto", True), ("im2col", True)],
+)
+def test_conv_float32_forward_and_backward_match_torch(method: str, channels_last: bool) -> None:
     """The dtype a user trains in, at the cnn recipe's second layer shape."""
     torch.manual_seed(0)
-    conv = Conv2d(16, 32, 3, stride=2, padding=1, method=method)
+    conv = Conv2d(16, 32, 3, stride=2, padding=1, method=method, channels_last=channels_last)
     x = torch.randn(8, 16, 28, 28)
     xr = x.clone().requires_grad_(True)
     w = conv.weight.detach().clone().requires_grad_(True)
     b = conv.bias.detach().clone().requires_grad_(True)
     ref = TF.conv2d(xr, w, b, 2, 1)
-    dout = torch.randn_like(ref)
+    dout = to_layout(torch.randn_like(ref), "nhwc" if channels_last else "nchw")
     ref.backward(dout)
     out = conv(x)
     dx = conv.backward(dout)
@@ -84,7 +97,10 @@ def test_conv_float32_forward_and_backward_match_torch(method: str) -> None:
     torch.testing.assert_close(dx, xr.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(conv.weight.g, w.grad, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(conv.bias.g, b.grad, rtol=1e-4, atol=1e-3)
-    assert out.is_contiguous()
+    assert layout_of(out) == ("nhwc" if channels_last else "nchw")
+    if channels_last and method != "im2col":  # direct runs on channels-last memory throughout
+        assert layout_of(dx) == "nhwc"
+    assert conv.weight.g.is_contiguous()  # the parameter's own layout, as the optimizers expect
 
 
 def test_first_layer_skips_the_input_gradient() -> None:
@@ -151,9 +167,13 @@ def conv_problem(draw):
     return n, cin, cout, h, w, geo, seed
 
 
-@settings(max_examples=40, deadline=None)
-@given(conv_problem(), st.sampled_from(["im2col", "direct"]))
-def test_conv_matches_autograd_on_random_geometries(problem, method) -> None:
+@settings(max_examples=60, deadline=None)
+@given(
+    conv_problem(),
+    st.sampled_from([("im2col", False), ("direct", False), ("direct", True), ("im2col", True)]),
+)
+def test_conv_matches_autograd_on_random_geometries(problem, how) -> None:
+    method, channels_last = how
     n, cin, cout, h, w, geo, seed = problem
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, cin, h, w, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -163,7 +183,13 @@ def test_conv_matches_autograd_on_random_geometries(problem, method) -> None:
     ref = TF.conv2d(x, weight, bias, geo.stride, geo.padding, geo.dilation, geo.groups)
     dout = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     ref.backward(dout)
-    out, cache = F.conv2d_forward(x.detach(), weight.detach(), bias.detach(), geo, method=method)
+    out, cache = F.conv2d_forward(
+        x.detach(), weight.detach(), bias.detach(), geo, method=method,
+        channels_last=channels_last,
+    )  # fmt: skip
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        dout = to_layout(dout, "nhwc")  # as the next channels-last layer would hand it back
     dx, dw, db = F.conv2d_backward(dout, cache)
     torch.testing.assert_close(out, ref.detach())
     torch.testing.assert_close(dx, x.grad)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from handgrad._build import Build
 from handgrad.nn.functional import conv_fast, norm_fast
 from handgrad.nn.functional.conv import ConvGeometry, conv2d_backward, conv2d_forward
+from handgrad.nn.functional.layout import layout_of, to_layout
 from handgrad.nn.layers import Conv2d
 
 needs_build = pytest.mark.skipif(
@@ -64,10 +65,16 @@ def close(got: torch.Tensor, want: torch.Tensor) -> None:
         (2, 5, 17, 8, 9, (2, 1), (2, 1)),  # padding 2, stride on one axis, 1 lane of the tail
         (3, 64, 48, 7, 7, (1, 1), (1, 1)),  # deep layers: few positions, many channels
         (2, 3, 48, 11, 10, (1, 1), (3, 2)),  # stride 3: windows skip rows of x
+        # channels-last with a multiple of 8 input channels takes the tap kernels on x itself:
+        (2, 8, 16, 9, 7, (2, 1), (3, 2)),  # padding 2: taps past both edges; stride 3 rows
+        (2, 24, 32, 5, 6, (0, 0), (1, 1)),  # no padding; 8 + 16 channels
+        (3, 8, 16, 1, 1, (1, 1), (1, 1)),  # one pixel: only the centre tap is inside
+        (2, 16, 40, 2, 3, (2, 2), (2, 2)),  # tiny image, big padding, a 16-wide tail of o
     ],
 )
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_weight_gradient_equals_the_sum(n, c, o, h, w, pad, stride, threads) -> None:
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_weight_gradient_equals_the_sum(n, c, o, h, w, pad, stride, threads, layout) -> None:
     gen = torch.Generator().manual_seed(n * 1000 + c * 100 + o)
     x = torch.randn(n, c, h, w, generator=gen)
     ho, wo = out_side(h, pad[0], stride[0]), out_side(w, pad[1], stride[1])
@@ -75,6 +82,7 @@ def test_weight_gradient_equals_the_sum(n, c, o, h, w, pad, stride, threads) -> 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        x, dout = to_layout(x, layout), to_layout(dout, layout)
         got = conv_fast.conv3x3_weight_grad(x, dout, pad, stride)
     finally:
         torch.set_num_threads(before)
@@ -85,8 +93,9 @@ def test_weight_gradient_equals_the_sum(n, c, o, h, w, pad, stride, threads) -> 
 @needs_build
 @settings(max_examples=40, deadline=None)
 @given(
-    st.integers(1, 4), st.integers(1, 6), st.integers(1, 40), st.integers(3, 12),
-    st.integers(3, 12), st.sampled_from([(0, 0), (1, 1), (0, 1), (2, 1)]),
+    st.integers(1, 4), st.sampled_from([*range(1, 21), 8, 16, 24, 32]),
+    st.sampled_from([*range(1, 40), 16, 32, 32]),
+    st.integers(3, 12), st.integers(3, 12), st.sampled_from([(0, 0), (1, 1), (0, 1), (2, 1)]),
     st.sampled_from([(1, 1), (2, 2), (1, 2)]), st.integers(0, 2**16),
 )  # fmt: skip
 def test_weight_gradient_on_random_shapes(n, c, o, h, w, pad, stride, seed) -> None:
@@ -94,9 +103,24 @@ def test_weight_gradient_on_random_shapes(n, c, o, h, w, pad, stride, seed) -> N
     x = torch.randn(n, c, h, w, generator=gen)
     ho, wo = out_side(h, pad[0], stride[0]), out_side(w, pad[1], stride[1])
     dout = torch.randn(n, o, ho, wo, generator=gen)
+    if seed % 2:  # half the shapes channels-last (o = 16 or 32: dy read in place)
+        x, dout = to_layout(x, "nhwc"), to_layout(dout, "nhwc")
     got = conv_fast.conv3x3_weight_grad(x, dout, pad, stride)
     assert got is not None
     close(got, reference(x, dout, pad, stride))
+
+
+@needs_build
+def test_channels_last_gradient_at_an_unaligned_address() -> None:
+    """A channels-last dy with 16 output channels is read in place when 64-byte aligned; a
+    view 4 floats into a buffer is not, and must be copied (an aligned vector load of it
+    would fault or read the wrong floats)."""
+    gen = torch.Generator().manual_seed(3)
+    x = to_layout(torch.randn(2, 3, 6, 6, generator=gen), "nhwc")
+    base = torch.randn(2 * 16 * 36 + 4, generator=gen)[4:]  # 16 bytes past an aligned start
+    dout = base.as_strided((2, 16, 6, 6), (16 * 36, 1, 16 * 6, 16))  # channels-last strides
+    assert dout.data_ptr() % 64 and layout_of(dout) == "nhwc"
+    close(conv_fast.conv3x3_weight_grad(x, dout, (1, 1)), reference(x, dout, (1, 1)))
 
 
 @needs_build
@@ -184,6 +208,21 @@ def test_the_layer_uses_it_and_agrees_with_autograd(monkeypatch) -> None:
         assert len(dx_calls) == (stride == 2)  # the input gradient: stride 2 only
         torch.testing.assert_close(dx, xr.grad, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(conv.weight.g, w.grad, rtol=1e-4, atol=1e-3)
+    # channels-last: the weight gradient reads it in place; the stride-2 input gradient is
+    # oneDNN's (as fast there), and dx stays channels-last
+    calls.clear()
+    dx_calls.clear()
+    conv = Conv2d(8, 8, 3, 2, padding=1, bias=False, channels_last=True)
+    x = torch.randn(4, 8, 14, 14)
+    xr, w = x.clone().requires_grad_(), conv.weight.detach().clone().requires_grad_()
+    ref = TF.conv2d(xr, w, None, 2, 1)
+    dout = to_layout(torch.randn_like(ref), "nhwc")
+    ref.backward(dout)
+    conv(x)
+    dx = conv.backward(dout)
+    assert (len(calls), len(dx_calls), layout_of(dx)) == (1, 0, "nhwc")
+    torch.testing.assert_close(dx, xr.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv.weight.g, w.grad, rtol=1e-4, atol=1e-3)
 
 
 @needs_build

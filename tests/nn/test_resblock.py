@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from handgrad.check.cases import resblock, resblock_reference
+from handgrad.nn.functional.layout import layout_of
 from handgrad.nn.layers import Conv2d, Linear, ResBlock
+from handgrad.nn.layers.losses import CrossEntropyLoss
 from handgrad.nn.models import build_model
 from handgrad.nn.module import Sequential
 
@@ -114,3 +116,37 @@ def test_summary_counts_multiply_adds() -> None:
     assert str(r).splitlines()[-2].startswith("13.0 million multiply-adds")
     blocks = [row for row in r.rows if row.kind == "ResBlock"]
     assert sum(b.macs for b in blocks) < r.total_macs  # the stem and the head add theirs
+
+
+def test_resnet_channels_last_keeps_its_layout_and_its_numbers() -> None:
+    """The recipe's channels-last resnet computes what the NCHW one does (float32 training:
+    the compiled kernels), and every 4-d activation after the stem stays channels-last: a
+    layer that silently handed back NCHW would cost a copy per layer (or ATen's slower batch
+    norm) and nothing else would show it."""
+    x, y = torch.randn(8, 784), torch.randint(0, 10, (8,))
+    results, layouts = [], []
+    for channels_last in (False, True):
+        model = build_model("resnet", dropout=0.0, zero_init=False, channels_last=channels_last,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+        seen: list[str | None] = []
+
+        def recording(forward, seen=seen):
+            def run(*args):
+                out = forward(*args)
+                seen.append(layout_of(out))
+                return out
+
+            return run
+
+        for m in model.modules():
+            if isinstance(m, (Conv2d, ResBlock)) or "BatchNorm" in type(m).__name__:
+                m.forward = recording(m.forward)
+        loss = CrossEntropyLoss()
+        value = loss(model(x), y)
+        model.backward(loss.backward()[0])
+        results.append((value, [p.g.clone() for p in model.parameters()]))
+        layouts.append(seen)
+    assert set(layouts[0]) == {"nchw"} and set(layouts[1]) == {"nhwc"}
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for got, want in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

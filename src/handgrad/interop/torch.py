@@ -219,10 +219,26 @@ def _only_if(ok: bool, what: str) -> None:
         raise TypeError(f"no handgrad equivalent for {what}")
 
 
+def _conv_to_torch(m: Conv2d) -> nn.Conv2d:
+    """``nn.Conv2d`` with the same geometry; a channels-last layer's weight is moved to
+    channels-last memory, where PyTorch then computes the convolution too."""
+    g = m.geometry
+    out = nn.Conv2d(m.in_channels, m.out_channels, g.kernel, g.stride, g.padding, g.dilation,
+                    g.groups, bias=_has_bias(m))  # fmt: skip
+    return out.to(memory_format=torch.channels_last) if m.channels_last else out
+
+
 def _conv_from_torch(t: nn.Conv2d) -> Conv2d:
     _only_if(isinstance(t.padding, tuple) and t.padding_mode == "zeros", f"{t} (padding)")
+    w = t.weight
+    # a weight moved by .to(memory_format=torch.channels_last) has its strides, which differ
+    # from the contiguous ones even where both layouts are the same memory (one channel)
+    channels_last = (
+        w.stride() == torch.empty(w.shape, memory_format=torch.channels_last).stride()
+        and w.stride() != torch.empty(w.shape).stride()
+    )
     return Conv2d(t.in_channels, t.out_channels, t.kernel_size, t.stride, t.padding,  # type: ignore[arg-type]
-                  t.dilation, t.groups, bias=_has_bias(t))  # fmt: skip
+                  t.dilation, t.groups, bias=_has_bias(t), channels_last=channels_last)  # fmt: skip
 
 
 def _unflatten_to_reshape(t: nn.Unflatten) -> Reshape:
@@ -254,11 +270,7 @@ register(Linear, nn.Linear,
          lambda m: nn.Linear(m.in_features, m.out_features, bias=_has_bias(m)),
          lambda t: Linear(t.in_features, t.out_features, bias=_has_bias(t)),
          {"weight": ("weight", transpose), "bias": ("bias", same)})
-register(Conv2d, nn.Conv2d,
-         lambda m: nn.Conv2d(m.in_channels, m.out_channels, m.geometry.kernel, m.geometry.stride,
-                             m.geometry.padding, m.geometry.dilation, m.geometry.groups,
-                             bias=_has_bias(m)),
-         _conv_from_torch, W_B)
+register(Conv2d, nn.Conv2d, _conv_to_torch, _conv_from_torch, W_B)
 register(BatchNorm1d, nn.BatchNorm1d, lambda m: nn.BatchNorm1d(*_bn_args(m)),
          lambda t: BatchNorm1d(*_bn_args(t)), BN)
 register(BatchNorm2d, nn.BatchNorm2d, lambda m: nn.BatchNorm2d(*_bn_args(m)),

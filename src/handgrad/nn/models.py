@@ -125,6 +125,7 @@ def resnet(
     dropout: float = 0.1,
     zero_init: bool = True,
     method: Method = "auto",
+    channels_last: bool = True,
     generator: torch.Generator | None = None,
 ) -> Module:
     """A small residual network for 28x28 one-channel images given as (N, 784) rows.
@@ -145,19 +146,24 @@ def resnet(
     ``gamma`` starts at 0 with ``zero_init=True`` (the default): every block then starts as
     its skip path, so the untrained network is a shallow one and the residual branches grow
     from zero (Goyal et al. 2017).
+
+    Memory: with ``channels_last`` (the default) the convolutions and the batch norms after
+    them compute on channels-last (NHWC) tensors, which oneDNN's CPU convolutions run faster
+    at these widths (benchmarks/RESULTS.md, "Residual networks"); the values, the parameters
+    and the checkpoints are the same either way.
     """
     side = _image_side("resnet", in_features, channels, strides)
     layers: list[Module] = [
         Reshape(1, side, side),
         Conv2d(1, stem, 3, padding=1, bias=False, method=method, keep_cols=False,
-               generator=generator),
+               channels_last=channels_last, generator=generator),
         BatchNormReLU2d(stem),
     ]  # fmt: skip
     width = stem
     for out, stride in zip(channels, strides, strict=True):
-        layers.append(
-            ResBlock(width, out, stride, method=method, zero_init=zero_init, generator=generator)
-        )
+        block = ResBlock(width, out, stride, method=method, channels_last=channels_last,
+                         zero_init=zero_init, generator=generator)  # fmt: skip
+        layers.append(block)
         width = out
     layers.append(GlobalAvgPool())
     if dropout:

@@ -25,6 +25,10 @@ wins when a patch is short (``C/G * kh * kw`` small, e.g. a first layer on 1-cha
 where the direct kernel is poorly vectorised); for wider layers the column matrix is ``kh*kw``
 times the input and moving it through memory costs more than the arithmetic, so ``direct``
 wins. ``method="auto"`` (the default) picks by that rule.
+
+``channels_last=True`` gives channels-last (NHWC) outputs and runs ``direct`` on channels-last
+memory, where oneDNN's kernels are faster for few channels; every backward formula above
+reads either layout.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from handgrad.nn.functional import conv_fast
+from handgrad.nn.functional.layout import to_layout
 
 Method = Literal["auto", "im2col", "direct"]
 METHODS = ("auto", "im2col", "direct")
@@ -147,19 +152,31 @@ def conv2d_forward(
     *,
     method: Method = "auto",
     keep_cols: bool = True,
+    channels_last: bool = False,
 ) -> tuple[Tensor, ConvCache]:
     """``y = conv(x, W) + b`` (see the module docstring). Returns ``y`` (N, O, Ho, Wo), contiguous
-    channels-first, and the cache for :func:`conv2d_backward`.
+    (channels-last with ``channels_last``), and the cache for :func:`conv2d_backward`.
 
     With ``im2col``, ``keep_cols=True`` keeps the columns for the weight gradient (fastest);
     ``False`` drops them and the backward rebuilds them from ``x``, which saves ``kh*kw`` times
     the input's memory per layer for one more copy.
+
+    With ``channels_last``, ``y`` is channels-last: ``direct`` (what ``"auto"`` picks then)
+    takes ``x`` channels-last too (a copy where it is not), the memory layout oneDNN's CPU
+    kernels run fastest; ``im2col`` lowers as always and lays out its output.
     """
     used = pick_method(method, weight)
+    if channels_last and method == "auto":
+        used = "direct"
     if used == "direct":
+        w = weight
+        if channels_last:
+            x, w = to_layout(x, "nhwc"), to_layout(weight, "nhwc")  # w: O*C*kh*kw floats
         out = F.conv2d(
-            x, weight, bias, geometry.stride, geometry.padding, geometry.dilation, geometry.groups
+            x, w, bias, geometry.stride, geometry.padding, geometry.dilation, geometry.groups
         )
+        if channels_last:  # one input channel: x and w look NCHW to oneDNN, and so does y
+            out = to_layout(out, "nhwc")
         return out, ConvCache(x, weight, None, geometry, used, bias is not None)
 
     n, o, g = x.shape[0], weight.shape[0], geometry.groups
@@ -169,6 +186,8 @@ def conv2d_forward(
     out = out.view(n, o, ho, wo)  # (N, O, Ho, Wo)
     if bias is not None:
         out = out.add_(bias.view(1, o, 1, 1))
+    if channels_last:
+        out = to_layout(out, "nhwc")
     return out, ConvCache(x, weight, cols if keep_cols else None, geometry, used, bias is not None)
 
 
@@ -237,7 +256,8 @@ def _input_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeometr
     transposed one (benchmarks/RESULTS.md, "Residual networks").
 
     With stride 2 (3x3, padding 1) the compiled phase-by-phase version of
-    :mod:`handgrad.nn.functional.conv_fast` computes the same sum where it is built.
+    :mod:`handgrad.nn.functional.conv_fast` computes the same sum where it is built; a 1x1
+    kernel (no padding, one group) is a matrix product written to every stride-th pixel.
     """
     (kh, kw), (ph, pw) = geo.kernel, geo.padding
     if (
@@ -249,6 +269,15 @@ def _input_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeometr
     ):
         flipped = weight.transpose(0, 1).flip(2, 3)  # (C, O, kh, kw), W[o, c, kh-1-i, kw-1-j]
         return F.conv2d(dout, flipped, None, 1, (kh - 1 - ph, kw - 1 - pw))  # (N, C, H, W)
+    if geo.kernel == (1, 1) and geo.padding == (0, 0) and geo.groups == 1:
+        # a 1x1 kernel touches one pixel per output: dx[n, c, a*s, b*s] = sum_o dy[n, o, a, b]
+        # W[o, c], one matrix product over the positions; the pixels it skips get 0
+        ho, wo = dout.shape[2], dout.shape[3]
+        (sh, sw) = geo.stride
+        dx = torch.zeros_like(x)  # x's layout
+        d = torch.tensordot(dout, weight[:, :, 0, 0], dims=([1], [0]))  # (N, Ho, Wo, C)
+        dx[:, :, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw] = d.permute(0, 3, 1, 2)
+        return dx
     input_size = (x.shape[2], x.shape[3])
     if conv_fast.applies_input_grad_s2(
         dout, weight, input_size, geo.stride, geo.padding, geo.dilation, geo.groups
@@ -278,13 +307,21 @@ def _weight_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeomet
 
     PyTorch's kernels run that (N, Ho, Wo)-sized "kernel" 1.4-2.7x slower than a matrix
     product would, so a 3x3 convolution (any stride) gets the same sum from
-    :mod:`handgrad.nn.functional.conv_fast` (compiled C) where it is built.
+    :mod:`handgrad.nn.functional.conv_fast` (compiled C) where it is built, and a 1x1 one
+    (no padding, one group) is that matrix product.
     """
     if conv_fast.applies(x, dout, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.groups):
         dw = conv_fast.conv3x3_weight_grad(x, dout, geo.padding, geo.stride)
         if dw is not None:
             return dw
     ho, wo = dout.shape[2], dout.shape[3]
+    if geo.kernel == (1, 1) and geo.padding == (0, 0) and geo.groups == 1:
+        # a 1x1 kernel's "patch" is one pixel: dW[o, c] = sum_{n,a,b} dy[n,o,a,b] x[n,c,a*s,b*s],
+        # one matrix product over the N*Ho*Wo positions
+        (sh, sw) = geo.stride
+        xs = x[:, :, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw]  # (N, C, Ho, Wo), a view
+        dw = torch.tensordot(dout, xs, dims=([0, 2, 3], [0, 2, 3]))  # (O, C)
+        return dw.view(weight.shape)
     n, c, h, w = x.shape
     o, g = dout.shape[1], geo.groups
     x_t = x.reshape(n, g, c // g, h, w).transpose(0, 2).reshape(c // g, g * n, h, w)

@@ -20,6 +20,10 @@
    summing into a private dW, added up at the end; chunks of rows keep their slice of x and dy
    in the L2 cache while every block of channels reads it.
 
+   x and dy may also come channels-last (NHWC, flag `nhwc`): x's grid is then channels-last
+   too, xg[n][Hp][Wp][C] (a copy of rows between zeros; the micro-kernel only sees other
+   strides), and dy's rows already are dyT's (read in place when O is a multiple of 16).
+
    Built with the system's C compiler on first use (handgrad.nn.functional.conv_fast); the
    micro-kernel is compiled for AVX-512, AVX2 and plain code, and the CPU's best one runs. */
 
@@ -36,9 +40,12 @@ typedef struct {
   float *xg, *dyt, *part;
   int64_t n, c, h, w, o, opad, ph, pw, sh, sw, hp, wp, ho, wo;
   int64_t chunk; /* rows (n, a) per chunk */
+  int nhwc;      /* x and dy are channels-last, (N, H, W, C) in memory */
+  int64_t cs, ps; /* strides of a channel and of a pixel on x's grid */
+  int tap;        /* channels-last, C a multiple of 8, AVX-512: the tap micro-kernels on x */
 } job;
 
-/* x onto its padded grid, channel ch (rows of zeros around each image) */
+/* x onto its padded grid, channel ch (rows of zeros around each image); NCHW x */
 static void copy_x(const job *jb, int64_t ch) {
   const int64_t img = jb->hp * jb->wp;
   float *dst = jb->xg + ch * jb->n * img;
@@ -51,8 +58,32 @@ static void copy_x(const job *jb, int64_t ch) {
   }
 }
 
+/* image n of a channels-last x onto its padded grid, channels-last too (xg[n][Hp][Wp][C]):
+   zero rows above and below, each row of x one copy between its zero pixels */
+static void copy_x_nhwc(const job *jb, int64_t n) {
+  const int64_t c_n = jb->c, w = jb->w, wp = jb->wp, row = wp * c_n;
+  float *img = jb->xg + n * jb->hp * row;
+  const size_t left = (size_t)(jb->pw * c_n), right = (size_t)((wp - w - jb->pw) * c_n);
+  memset(img, 0, (size_t)(jb->ph * row) * sizeof(float));
+  for (int64_t r = 0; r < jb->h; r++) {
+    float *dst = img + (r + jb->ph) * row;
+    memset(dst, 0, left * sizeof(float));
+    memcpy(dst + left, jb->x + (n * jb->h + r) * w * c_n, (size_t)(w * c_n) * sizeof(float));
+    memset(dst + left + w * c_n, 0, right * sizeof(float));
+  }
+  memset(img + (jb->ph + jb->h) * row, 0, (size_t)((jb->hp - jb->h - jb->ph) * row) * sizeof(float));
+}
+
 /* dy's image n as dyT[q][o], q = (n Ho + a) Wo + b; the padded channels are zero */
 static void copy_dy(const job *jb, int64_t n) {
+  if (jb->nhwc) { /* each position's O floats are already a row of dyT */
+    const int64_t l = jb->ho * jb->wo, opad = jb->opad;
+    for (int64_t q = n * l; q < (n + 1) * l; q++) {
+      memcpy(jb->dyt + q * opad, jb->dy + q * jb->o, (size_t)jb->o * sizeof(float));
+      for (int64_t o = jb->o; o < opad; o++) jb->dyt[q * opad + o] = 0.0f;
+    }
+    return;
+  }
   const int64_t l = jb->ho * jb->wo, opad = jb->opad;
   float *dst = jb->dyt + n * l * opad;
   for (int64_t q = 0; q < l; q++)
@@ -69,16 +100,17 @@ static void copy_dy(const job *jb, int64_t n) {
   typedef float NAME##_v __attribute__((vector_size(4 * LANES)));                           \
   ATTR static void NAME(const job *jb, float *part, int64_t o0, int64_t c0, int64_t r0,     \
                         int64_t r1) {                                                       \
-    const int64_t wp = jb->wp, wo = jb->wo, opad = jb->opad, sw = jb->sw;                  \
-    const int64_t cs = jb->n * jb->hp * wp; /* one channel's grid */                        \
-    const int64_t off[9] = {0, 1, 2, wp, wp + 1, wp + 2, 2 * wp, 2 * wp + 1, 2 * wp + 2};  \
+    const int64_t wp = jb->wp, wo = jb->wo, opad = jb->opad, sw = jb->sw * jb->ps;         \
+    const int64_t cs = jb->cs, ps = jb->ps, rs = wp * ps; /* channel, pixel, row strides */ \
+    const int64_t off[9] = {0, ps, 2 * ps, rs, rs + ps, rs + 2 * ps, 2 * rs, 2 * rs + ps,  \
+                            2 * rs + 2 * ps};                                               \
     NAME##_v acc[K * 9][V];                                                                 \
     for (int r = 0; r < K * 9; r++)                                                         \
       for (int v = 0; v < V; v++)                                                           \
         acc[r][v] = *(const NAME##_v *)(part + ((c0 * 9 + r) * opad + o0 + v * LANES));     \
     for (int64_t row = r0; row < r1; row++) {                                               \
       const int64_t n = row / jb->ho, a = row - n * jb->ho;                                 \
-      const float *xr = jb->xg + c0 * cs + n * jb->hp * wp + a * jb->sh * wp;               \
+      const float *xr = jb->xg + c0 * cs + (n * jb->hp + a * jb->sh) * rs;                  \
       const float *dr = jb->dyt + row * wo * opad + o0;                                     \
       for (int64_t b = 0; b < wo; b++) {                                                    \
         NAME##_v d[V];                                                                      \
@@ -96,7 +128,43 @@ static void copy_dy(const job *jb, int64_t n) {
         *(NAME##_v *)(part + ((c0 * 9 + r) * opad + o0 + v * LANES)) = acc[r][v];           \
   }
 
-typedef void (*block_fn)(const job *, float *, int64_t, int64_t, int64_t, int64_t);
+/* A channels-last x needs no grid: its pixel's channels are contiguous, so the taps go the
+   other way round, one tap (i, j) at a time, K consecutive input channels (one or two cache
+   lines of x, every float of them used) broadcast against V vectors of dyT, and the padding is
+   the rows and columns skipped (where the tap falls outside x). One instance per (instruction
+   set, LANES, V, K). */
+#define WGRAD_TAP(NAME, ATTR, LANES, V, K)                                                    \
+  typedef float NAME##_v __attribute__((vector_size(4 * LANES)));                           \
+  ATTR static void NAME(const job *jb, float *part, int64_t o0, int64_t c0, int t,          \
+                        int64_t r0, int64_t r1) {                                           \
+    const int64_t wo = jb->wo, opad = jb->opad, c_n = jb->c, w = jb->w, sw = jb->sw;       \
+    const int64_t i = t / 3, j = t % 3, shift = j - jb->pw; /* x column = b sw + shift */  \
+    const int64_t b_lo = shift < 0 ? (-shift + sw - 1) / sw : 0;                            \
+    const int64_t last = w - 1 - shift; /* the largest b sw that stays inside x */          \
+    const int64_t b_hi = last < 0 ? 0 : (last / sw + 1 < wo ? last / sw + 1 : wo);          \
+    NAME##_v acc[K][V];                                                                     \
+    for (int k = 0; k < K; k++)                                                             \
+      for (int v = 0; v < V; v++)                                                           \
+        acc[k][v] = *(const NAME##_v *)(part + (((c0 + k) * 9 + t) * opad + o0 + v * LANES)); \
+    for (int64_t row = r0; row < r1; row++) {                                               \
+      const int64_t n = row / jb->ho, a = row - n * jb->ho, xrow = a * jb->sh + i - jb->ph; \
+      if (xrow < 0 || xrow >= jb->h) continue;                                              \
+      const float *xr = jb->x + c0 + (n * jb->h + xrow) * w * c_n;                          \
+      const float *dr = jb->dyt + row * wo * opad + o0;                                     \
+      for (int64_t b = b_lo; b < b_hi; b++) {                                               \
+        NAME##_v d[V];                                                                      \
+        for (int v = 0; v < V; v++) d[v] = *(const NAME##_v *)(dr + b * opad + v * LANES);  \
+        const float *xb = xr + (b * sw + shift) * c_n;                                      \
+        for (int k = 0; k < K; k++) {                                                       \
+          const float xs = xb[k];                                                           \
+          for (int v = 0; v < V; v++) acc[k][v] += d[v] * xs;                               \
+        }                                                                                   \
+      }                                                                                     \
+    }                                                                                       \
+    for (int k = 0; k < K; k++)                                                             \
+      for (int v = 0; v < V; v++)                                                           \
+        *(NAME##_v *)(part + (((c0 + k) * 9 + t) * opad + o0 + v * LANES)) = acc[k][v];     \
+  }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_X86 1
@@ -104,6 +172,9 @@ WGRAD_BLOCK(avx512_v2k1, __attribute__((target("avx512f,fma"))), 16, 2, 1)
 WGRAD_BLOCK(avx512_v1k2, __attribute__((target("avx512f,fma"))), 16, 1, 2)
 WGRAD_BLOCK(avx512_v1k1, __attribute__((target("avx512f,fma"))), 16, 1, 1)
 WGRAD_BLOCK(avx2_v1k1, __attribute__((target("avx2,fma"))), 8, 1, 1)
+WGRAD_TAP(avx512_tap_v2k8, __attribute__((target("avx512f,fma"))), 16, 2, 8)
+WGRAD_TAP(avx512_tap_v1k16, __attribute__((target("avx512f,fma"))), 16, 1, 16)
+WGRAD_TAP(avx512_tap_v1k8, __attribute__((target("avx512f,fma"))), 16, 1, 8)
 #endif
 WGRAD_BLOCK(plain_v1k1, , 4, 1, 1)
 
@@ -112,6 +183,19 @@ WGRAD_BLOCK(plain_v1k1, , 4, 1, 1)
 static void chunk_sums(const job *jb, float *part, int64_t r0, int64_t r1) {
   const int64_t opad = jb->opad, c_n = jb->c;
 #ifdef HAVE_X86
+  if (jb->tap) {
+    for (int t = 0; t < 9; t++) {
+      int64_t o0 = 0;
+      for (; o0 + 32 <= opad; o0 += 32)
+        for (int64_t c = 0; c < c_n; c += 8) avx512_tap_v2k8(jb, part, o0, c, t, r0, r1);
+      for (; o0 < opad; o0 += 16) {
+        int64_t c = 0;
+        for (; c + 16 <= c_n; c += 16) avx512_tap_v1k16(jb, part, o0, c, t, r0, r1);
+        for (; c < c_n; c += 8) avx512_tap_v1k8(jb, part, o0, c, t, r0, r1);
+      }
+    }
+    return;
+  }
   if (__builtin_cpu_supports("avx512f")) {
     int64_t o0 = 0;
     for (; o0 + 32 <= opad; o0 += 32)
@@ -151,11 +235,13 @@ static void run(const job *jb, int threads) {
 #ifdef _OPENMP
 #pragma omp for schedule(static) nowait
 #endif
-    for (int64_t ch = 0; ch < jb->c; ch++) copy_x(jb, ch);
+    for (int64_t i = 0; i < (jb->tap ? 0 : jb->nhwc ? jb->n : jb->c); i++)
+      jb->nhwc ? copy_x_nhwc(jb, i) : copy_x(jb, i);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-    for (int64_t n = 0; n < jb->n; n++) copy_dy(jb, n);
+    for (int64_t n = 0; n < jb->n; n++)
+      if (jb->dyt != jb->dy) copy_dy(jb, n);
     /* this thread's rows, in chunks; its private sums */
     const int64_t lo = rows * t / nt, hi = rows * (t + 1) / nt;
     for (int64_t r = lo; r < hi; r += jb->chunk)
@@ -184,16 +270,23 @@ int64_t handgrad_conv3x3_wgrad_space(int64_t n, int64_t c, int64_t h, int64_t w,
 }
 
 /* dw (O, C, 3, 3) = the weight gradient of a 3x3 convolution with stride (sh, sw) and padding
-   (ph, pw) of x (N, C, H, W), dy (N, O, Ho, Wo); space: handgrad_conv3x3_wgrad_space floats,
-   64-byte aligned (the vector loads of dyT and of the partial sums need it). */
+   (ph, pw) of x (N, C, H, W), dy (N, O, Ho, Wo), both channels-last in memory with `nhwc`;
+   space: handgrad_conv3x3_wgrad_space floats, 64-byte aligned (the vector loads of dyT and of
+   the partial sums need it; a channels-last dy is read in place when O is a multiple of 16
+   and dy is 64-byte aligned). */
 void handgrad_conv3x3_wgrad(const float *x, const float *dy, float *dw, float *space, int64_t n,
                             int64_t c, int64_t h, int64_t w, int64_t o, int64_t sh, int64_t sw,
-                            int64_t ph, int64_t pw, int threads) {
+                            int64_t ph, int64_t pw, int nhwc, int threads) {
   job jb = {0};
   wgrad_layout(&jb, n, c, h, w, o, sh, sw, ph, pw);
-  jb.x = x, jb.dy = dy, jb.xg = space;
+  jb.x = x, jb.dy = dy, jb.xg = space, jb.nhwc = nhwc;
+  jb.cs = nhwc ? 1 : n * jb.hp * jb.wp, jb.ps = nhwc ? c : 1;
+#ifdef HAVE_X86
+  jb.tap = nhwc && c % 8 == 0 && __builtin_cpu_supports("avx512f");
+#endif
   jb.dyt = jb.xg + round16(c * n * jb.hp * jb.wp);
   jb.part = jb.dyt + round16(n * jb.ho * jb.wo * jb.opad);
+  if (nhwc && o == jb.opad && (uintptr_t)dy % 64 == 0) jb.dyt = (float *)dy; /* no copy */
   float *part = jb.part;
   if (threads < 1) threads = 1;
   const int64_t rows = n * jb.ho;

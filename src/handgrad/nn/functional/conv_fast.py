@@ -14,11 +14,12 @@ has few channels: at 16, twice the time of the forward convolution of the same s
 splits it into the four phases (even or odd row and column) of ``dx``, each a small stride-1
 correlation of ``dy``.
 
-It applies to float32, contiguous, CPU, one group, dilation 1, a 3x3 kernel, any stride and
-padding up to 2 (every 3x3 convolution of the ``resnet`` and ``cnn`` models). Anywhere else, or
-where it cannot be built (no C compiler, ``HANDGRAD_FAST=0``), :func:`conv3x3_weight_grad`
-returns ``None`` and the readable convolution runs (the input gradient: float32, CPU, one
-group, 3x3, stride 2, padding 1, at most :data:`INPUT_GRAD_MAX_CHANNELS` input channels).
+It applies to float32, CPU, one group, dilation 1, a 3x3 kernel, any stride and padding up to
+2 (every 3x3 convolution of the ``resnet`` and ``cnn`` models), on NCHW or channels-last
+tensors (read in place). Anywhere else, or where it cannot be built (no C compiler,
+``HANDGRAD_FAST=0``), :func:`conv3x3_weight_grad` returns ``None`` and the readable
+convolution runs (the input gradient: float32, NCHW, CPU, one group, 3x3, stride 2, padding 1,
+at most :data:`INPUT_GRAD_MAX_CHANNELS` input channels).
 Tests hold the two equal (tests/nn/test_conv_fast.py).
 """
 
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from handgrad._build import Build, c_library
+from handgrad.nn.functional.layout import layout_of
 
 _SOURCE = Path(__file__).with_name("conv3x3.c")
 
@@ -41,7 +43,7 @@ def _load() -> ctypes.CDLL:
     lib.handgrad_conv3x3_wgrad_space.argtypes = [ctypes.c_int64] * 9 + [ctypes.c_int]
     lib.handgrad_conv3x3_wgrad_space.restype = ctypes.c_int64
     fn = lib.handgrad_conv3x3_wgrad
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 9 + [ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 9 + [ctypes.c_int] * 2
     fn.restype = None
     lib.handgrad_conv3x3_dgrad_s2_space.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_int]
     lib.handgrad_conv3x3_dgrad_s2_space.restype = ctypes.c_int64
@@ -93,7 +95,9 @@ def conv3x3_weight_grad(
     lib = build.get()
     if lib is None:
         return None
-    x, dout = x.contiguous(), dout.contiguous()
+    nhwc = layout_of(x, dout) == "nhwc"  # channels-last: read as it is
+    if not nhwc:
+        x, dout = x.contiguous(), dout.contiguous()
     n, c, h, w = x.shape
     o = dout.shape[1]
     (ph, pw), (sh, sw) = padding, stride
@@ -108,7 +112,7 @@ def conv3x3_weight_grad(
             return None
         lib.handgrad_conv3x3_wgrad(
             x.data_ptr(), dout.data_ptr(), dw.data_ptr(), base, n, c, h, w, o, sh, sw, ph, pw,
-            threads,
+            int(nhwc), threads,
         )  # fmt: skip
     return dw
 
@@ -135,6 +139,7 @@ def applies_input_grad_s2(
         and groups == 1
         and h > 0
         and w > 0
+        and layout_of(dout) != "nhwc"  # oneDNN's own is as fast on channels-last tensors
         and dout.shape[1] == weight.shape[0]
         and dout.shape[2:] == ((h + 1) // 2, (w + 1) // 2)
         and weight.shape[1] <= INPUT_GRAD_MAX_CHANNELS

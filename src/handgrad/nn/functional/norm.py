@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from handgrad.nn.functional import norm_fast
+from handgrad.nn.functional.layout import layout_of, to_layout
 
 
 class NormCache(NamedTuple):
@@ -218,7 +219,12 @@ def _fused_forward(
     reference the tests hold it to."""
     dims, shape = _channel_axes(x, training)
     compiled = norm_fast.applies(x, gamma, beta) and (
-        residual is None or (norm_fast.applies(residual) and residual.shape == x.shape)
+        residual is None
+        or (
+            residual.shape == x.shape
+            and layout_of(x, residual) is not None
+            and norm_fast.applies(residual)
+        )
     )
     if training and compiled:
         done = norm_fast.forward(x, gamma, beta, eps, relu, residual)
@@ -229,7 +235,8 @@ def _fused_forward(
             inv_std = (var64 + eps).rsqrt_().to(x.dtype)
             g = None if gamma is None else gamma.view(shape)
             return out, NormCache(x, mean.view(shape), inv_std.view(shape), g, dims)
-    x3 = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, L): a view; L = H*W, or 1 for (N, C)
+    # (N, C, L): a view of NCHW memory (a copy of channels-last); L = H*W, or 1 for (N, C)
+    x3 = x.reshape(x.shape[0], x.shape[1], -1) if training or layout_of(x) != "nhwc" else None
     if training:
         m = _count(x, dims)
         mean = x3.sum(2).sum(0).div_(m).view(1, -1, 1)  # (1, C, 1)
@@ -243,7 +250,10 @@ def _fused_forward(
         shift = -mean * scale
     else:
         shift = torch.addcmul(beta.view(1, -1, 1), mean, scale, value=-1.0)  # beta - mean*scale
-    out = torch.addcmul(shift, x3, _plane(scale, x3)).view(x.shape)
+    if layout_of(x) == "nhwc":  # keep the layout: per-channel maps broadcast over (N, C, H, W)
+        out = torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
+    else:
+        out = torch.addcmul(shift, x3, _plane(scale, x3)).view(x.shape)
     if residual is not None:
         out = out.add_(residual)  # the buffer is out's own: add in place
     if relu:
@@ -282,9 +292,15 @@ def _compiled_backward(
     tensors, the library built): ``(dx, dgamma, dbeta, dresidual)``; ``None`` otherwise."""
     x, mean, inv_std, gamma, _ = cache
     g = None if gamma is None else gamma.reshape(-1)
-    if not (norm_fast.applies(x, g) and norm_fast.applies(dout) and dout.shape == x.shape):
+    layout = layout_of(x)
+    if layout is None or not (norm_fast.applies(x, g) and dout.shape == x.shape):
         return None
-    if out is not None and not (norm_fast.applies(out) and out.shape == x.shape):
+    # a gradient in another layout (a broadcast view from a pooling layer, say) is copied
+    # once: cheaper than the ATen formulation's passes
+    dout = to_layout(dout, layout)
+    if not norm_fast.applies(dout):
+        return None
+    if out is not None and not (out.shape == x.shape and layout_of(x, out) is not None):
         return None
     done = norm_fast.backward(dout, out, x, g, mean, inv_std, need_dx, need_dresidual)
     if done is None or affine:

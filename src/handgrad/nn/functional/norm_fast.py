@@ -3,9 +3,11 @@
 The same formulas as :func:`handgrad.nn.functional.norm.fused_batchnorm_forward` and its
 backward, one channel at a time so that a channel's values stay in the L2 cache between the
 passes over them (the C file's header says why that pays). :mod:`handgrad.nn.functional.norm`
-calls these where they apply (float32, contiguous, CPU, training) and the library is built;
-elsewhere, or where it cannot be built (no C compiler, ``HANDGRAD_FAST=0``), they return
-``None`` and the ATen formulation runs. Tests hold the two equal (tests/nn/test_norm_fast.py).
+calls these where they apply (float32, contiguous or channels-last, CPU, training) and the
+library is built (channels-last tensors have kernels of their own, a row of C channels at a
+time); elsewhere, or where it cannot be built (no C compiler, ``HANDGRAD_FAST=0``), they
+return ``None`` and the ATen formulation runs. Tests hold the two equal
+(tests/nn/test_norm_fast.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor
 
 from handgrad._build import Build, c_library
+from handgrad.nn.functional.layout import layout_of
 
 _SOURCE = Path(__file__).with_name("norm_kernels.c")
 _FLAGS = ["-O3", "-fopenmp", "-fno-math-errno",
@@ -32,6 +35,12 @@ def _load() -> ctypes.CDLL:
     lib.handgrad_bn_forward.restype = None
     lib.handgrad_bn_backward.argtypes = [p] * 9 + [i64] * 3 + [ctypes.c_int]
     lib.handgrad_bn_backward.restype = None
+    lib.handgrad_bn_forward_nhwc.argtypes = (
+        [p] * 7 + [i64] * 2 + [ctypes.c_double] + [ctypes.c_int] * 2
+    )
+    lib.handgrad_bn_forward_nhwc.restype = ctypes.c_int
+    lib.handgrad_bn_backward_nhwc.argtypes = [p] * 9 + [i64] * 2 + [ctypes.c_int]
+    lib.handgrad_bn_backward_nhwc.restype = ctypes.c_int
     return lib
 
 
@@ -44,13 +53,15 @@ def _ptr(t: Tensor | None) -> int | None:
 
 
 def applies(x: Tensor, *params: Tensor | None) -> bool:
-    """float32, contiguous, on the CPU, with spatial axes (N, C, ...), parameters alike.
-    (Without them, (N, C), a channel's values are strided by C: the ATen loops suit better.)"""
+    """float32, on the CPU, with spatial axes (N, C, ...), contiguous or channels-last (the
+    caller checks that every tensor of a call has the same :func:`~handgrad.nn.functional.
+    layout.layout_of`), parameters contiguous. (Without spatial axes, (N, C), the ATen loops
+    suit better.)"""
     return (
         x.dtype == torch.float32
         and x.device.type == "cpu"
         and x.dim() >= 3
-        and x.is_contiguous()
+        and layout_of(x) is not None
         and x.numel() > 0
         and all(
             p is None or (p.dtype == torch.float32 and p.is_contiguous() and p.device.type == "cpu")
@@ -75,9 +86,16 @@ def forward(
     if lib is None:
         return None
     n, c = x.shape[0], x.shape[1]
-    out = torch.empty_like(x)
+    out = torch.empty_like(x)  # in x's layout
     mean = torch.empty(c, dtype=torch.float64)
     var = torch.empty(c, dtype=torch.float64)
+    if layout_of(*(t for t in (x, residual) if t is not None)) == "nhwc":
+        failed = lib.handgrad_bn_forward_nhwc(
+            x.data_ptr(), _ptr(gamma), _ptr(beta), _ptr(residual), out.data_ptr(),
+            mean.data_ptr(), var.data_ptr(), x.numel() // c, c, eps, int(relu),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return None if failed else (out, mean, var)
     lib.handgrad_bn_forward(
         x.data_ptr(), _ptr(gamma), _ptr(beta), _ptr(residual), out.data_ptr(), mean.data_ptr(),
         var.data_ptr(),
@@ -110,10 +128,19 @@ def backward(
     dx = torch.empty_like(x) if need_dx else None
     dres = torch.empty_like(x) if need_dresidual else None
     sums = torch.empty(c, 2, dtype=torch.float64)  # (dbeta, dgamma) per channel
-    lib.handgrad_bn_backward(
-        dout.data_ptr(), _ptr(out), x.data_ptr(), _ptr(gamma), mean64.data_ptr(),
-        inv_std64.data_ptr(), _ptr(dx), _ptr(dres), sums.data_ptr(), n, c, x.numel() // (n * c),
-        torch.get_num_threads(),
-    )  # fmt: skip
+    if layout_of(*(t for t in (x, dout, out) if t is not None)) == "nhwc":
+        failed = lib.handgrad_bn_backward_nhwc(
+            dout.data_ptr(), _ptr(out), x.data_ptr(), _ptr(gamma), mean64.data_ptr(),
+            inv_std64.data_ptr(), _ptr(dx), _ptr(dres), sums.data_ptr(), x.numel() // c, c,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        if failed:
+            return None
+    else:
+        lib.handgrad_bn_backward(
+            dout.data_ptr(), _ptr(out), x.data_ptr(), _ptr(gamma), mean64.data_ptr(),
+            inv_std64.data_ptr(), _ptr(dx), _ptr(dres), sums.data_ptr(), n, c,
+            x.numel() // (n * c), torch.get_num_threads(),
+        )  # fmt: skip
     sums = sums.to(torch.float32)
     return dx, sums[:, 1].contiguous(), sums[:, 0].contiguous(), dres

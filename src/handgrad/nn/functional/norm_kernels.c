@@ -24,6 +24,7 @@
 #include <omp.h>
 #endif
 #include <stdint.h>
+#include <stdlib.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 /* the memory-bound loops vectorise wider with AVX-512 or AVX2; the CPU's best one runs */
@@ -177,4 +178,220 @@ void handgrad_bn_backward(const float *dy, const float *y, const float *x, const
   jb.mean = (double *)mean, jb.var = (double *)inv_std;
   jb.n = n, jb.c = c, jb.l = l;
   run_split(backward, jb, threads);
+}
+
+/* ------------------------------------------------------------------ channels-last (NHWC) */
+
+/* The same batch norm over x as P rows of C channels (channels-last: P = N H W positions), where
+   a channel's values are strided by C, so the loops run along the rows and vectorise across the
+   channels. Threads split the rows; each sums its rows into its own per-channel partials,
+   combined after a barrier. Both passes of the forward's statistics become one: the sums of
+   d = x - k and d^2 around k = the channel's first value (close to the mean for a batch norm's
+   input, so var = E[d^2] - E[d]^2 cancels little; blocks of BLOCK rows summed in float, the
+   blocks in double). A channel no longer fits the cache, so each tensor is read twice. */
+
+#define BLOCK 32
+
+/* per thread: C doubles twice (the sums) and C floats twice (a block's sums) */
+typedef struct {
+  double *s, *q;
+  float *bs, *bq;
+} partial;
+
+CLONES static void nhwc_stats(const float *restrict x, const float *restrict k, int64_t r0,
+                              int64_t r1, int64_t c, partial pt) {
+  double *restrict s = pt.s, *restrict q = pt.q;
+  float *restrict bs = pt.bs, *restrict bq = pt.bq;
+  for (int64_t j = 0; j < c; j++) s[j] = 0.0, q[j] = 0.0;
+  for (int64_t r = r0; r < r1; r += BLOCK) {
+    const int64_t re = r + BLOCK < r1 ? r + BLOCK : r1;
+    for (int64_t j = 0; j < c; j++) bs[j] = 0.0f, bq[j] = 0.0f;
+    for (int64_t i = r; i < re; i++) {
+      const float *restrict p = x + i * c;
+      for (int64_t j = 0; j < c; j++) {
+        const float d = p[j] - k[j];
+        bs[j] += d, bq[j] += d * d;
+      }
+    }
+    for (int64_t j = 0; j < c; j++) s[j] += bs[j], q[j] += bq[j];
+  }
+}
+
+CLONES static void nhwc_apply(const float *restrict x, const float *restrict res,
+                              float *restrict out, const float *restrict scale,
+                              const float *restrict shift, int relu, int64_t r0, int64_t r1,
+                              int64_t c) {
+  for (int64_t i = r0; i < r1; i++) {
+    const float *restrict p = x + i * c;
+    float *restrict o = out + i * c;
+    if (res) {
+      const float *restrict rr = res + i * c;
+      for (int64_t j = 0; j < c; j++) {
+        const float v = p[j] * scale[j] + shift[j] + rr[j];
+        o[j] = v > 0.0f ? v : 0.0f;
+      }
+    } else if (relu)
+      for (int64_t j = 0; j < c; j++) {
+        const float v = p[j] * scale[j] + shift[j];
+        o[j] = v > 0.0f ? v : 0.0f;
+      }
+    else
+      for (int64_t j = 0; j < c; j++) o[j] = p[j] * scale[j] + shift[j];
+  }
+}
+
+/* sums of g and g (x - mean) over rows [r0, r1) (g = dy, or dy masked by y > 0), writing
+   dres = g where dres is not NULL */
+CLONES static void nhwc_grad_sums(const float *restrict dy, const float *restrict y,
+                                  const float *restrict x, const float *restrict mean,
+                                  float *restrict dres, int64_t r0, int64_t r1, int64_t c,
+                                  partial pt) {
+  double *restrict s = pt.s, *restrict q = pt.q;
+  float *restrict bs = pt.bs, *restrict bq = pt.bq;
+  for (int64_t j = 0; j < c; j++) s[j] = 0.0, q[j] = 0.0;
+  for (int64_t r = r0; r < r1; r += BLOCK) {
+    const int64_t re = r + BLOCK < r1 ? r + BLOCK : r1;
+    for (int64_t j = 0; j < c; j++) bs[j] = 0.0f, bq[j] = 0.0f;
+    for (int64_t i = r; i < re; i++) {
+      const float *restrict d = dy + i * c, *restrict xi = x + i * c;
+      if (y && dres) {
+        const float *restrict yi = y + i * c;
+        float *restrict dr = dres + i * c;
+        for (int64_t j = 0; j < c; j++) {
+          const float g = yi[j] > 0.0f ? d[j] : 0.0f;
+          dr[j] = g;
+          bs[j] += g, bq[j] += g * (xi[j] - mean[j]);
+        }
+      } else if (y) {
+        const float *restrict yi = y + i * c;
+        for (int64_t j = 0; j < c; j++) {
+          const float g = yi[j] > 0.0f ? d[j] : 0.0f;
+          bs[j] += g, bq[j] += g * (xi[j] - mean[j]);
+        }
+      } else
+        for (int64_t j = 0; j < c; j++) bs[j] += d[j], bq[j] += d[j] * (xi[j] - mean[j]);
+    }
+    for (int64_t j = 0; j < c; j++) s[j] += bs[j], q[j] += bq[j];
+  }
+}
+
+CLONES static void nhwc_dx(const float *restrict dy, const float *restrict y,
+                           const float *restrict x, const float *restrict a,
+                           const float *restrict b, const float *restrict k, float *restrict dx,
+                           int64_t r0, int64_t r1, int64_t c) {
+  for (int64_t i = r0; i < r1; i++) {
+    const float *restrict d = dy + i * c, *restrict xi = x + i * c;
+    float *restrict o = dx + i * c;
+    if (y) {
+      const float *restrict yi = y + i * c;
+      for (int64_t j = 0; j < c; j++) o[j] = (yi[j] > 0.0f ? a[j] * d[j] : 0.0f) + b[j] * xi[j] + k[j];
+    } else
+      for (int64_t j = 0; j < c; j++) o[j] = a[j] * d[j] + b[j] * xi[j] + k[j];
+  }
+}
+
+/* Scratch for `threads` partials and 4 C floats of per-channel coefficients; NULL if out of
+   memory (the caller then returns without writing: Python sees the error flag). */
+static double *nhwc_scratch(int64_t c, int threads) {
+  return (double *)malloc((size_t)(threads * 3 + 2) * (size_t)c * sizeof(double));
+}
+
+static partial nhwc_partial(double *scratch, int64_t c, int t) {
+  partial pt;
+  pt.s = scratch + 3 * t * c, pt.q = pt.s + c, pt.bs = (float *)(pt.q + c), pt.bq = pt.bs + c;
+  return pt;
+}
+
+/* handgrad_bn_forward for channels-last x (p rows of c); returns 0, or 1 if out of memory */
+int handgrad_bn_forward_nhwc(const float *x, const float *gamma, const float *beta,
+                             const float *res, float *out, double *mean, double *var,
+                             int64_t p, int64_t c, double eps, int relu, int threads) {
+  if (threads < 1) threads = 1;
+  if (threads > p) threads = (int)p;
+  double *scratch = nhwc_scratch(c, threads);
+  if (!scratch) return 1;
+  float *scale = (float *)(scratch + 3 * threads * c), *shift = scale + c; /* x's row 0 = k */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int t = 0, nt = 1;
+#endif
+    const int64_t r0 = p * t / nt, r1 = p * (t + 1) / nt;
+    nhwc_stats(x, x, r0, r1, c, nhwc_partial(scratch, c, t));
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp single
+#endif
+    {
+      const double m = (double)p;
+      for (int64_t j = 0; j < c; j++) {
+        double s = 0.0, q = 0.0;
+        for (int u = 0; u < nt; u++) {
+          const partial pu = nhwc_partial(scratch, c, u);
+          s += pu.s[j], q += pu.q[j];
+        }
+        const double dm = s / m, v = q / m - dm * dm;
+        mean[j] = x[j] + dm, var[j] = v > 0.0 ? v : 0.0;
+        const double inv_std = 1.0 / sqrt(var[j] + eps);
+        const double g = gamma ? gamma[j] : 1.0, b = beta ? beta[j] : 0.0;
+        scale[j] = (float)(g * inv_std), shift[j] = (float)(b - mean[j] * g * inv_std);
+      }
+    } /* the single's implicit barrier: every thread sees scale and shift */
+    nhwc_apply(x, res, out, scale, shift, relu, r0, r1, c);
+  }
+  free(scratch);
+  return 0;
+}
+
+/* handgrad_bn_backward for channels-last tensors (p rows of c); returns 0, or 1 if out of
+   memory */
+int handgrad_bn_backward_nhwc(const float *dy, const float *y, const float *x,
+                              const float *gamma, const double *mean, const double *inv_std,
+                              float *dx, float *dres, double *sums, int64_t p, int64_t c,
+                              int threads) {
+  if (threads < 1) threads = 1;
+  if (threads > p) threads = (int)p;
+  double *scratch = nhwc_scratch(c, threads);
+  if (!scratch) return 1;
+  /* after the partials: mean as float, then the coefficients a, b, k of dx = a g + b x + k */
+  float *mf = (float *)(scratch + 3 * threads * c), *a = mf + c, *b = a + c, *k = b + c;
+  for (int64_t j = 0; j < c; j++) mf[j] = (float)mean[j];
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int t = 0, nt = 1;
+#endif
+    const int64_t r0 = p * t / nt, r1 = p * (t + 1) / nt;
+    nhwc_grad_sums(dy, y, x, mf, dres, r0, r1, c, nhwc_partial(scratch, c, t));
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp single
+#endif
+    {
+      const double m = (double)p;
+      for (int64_t j = 0; j < c; j++) {
+        double sg = 0.0, sgx = 0.0;
+        for (int u = 0; u < nt; u++) {
+          const partial pu = nhwc_partial(scratch, c, u);
+          sg += pu.s[j], sgx += pu.q[j];
+        }
+        const double dgamma = sgx * inv_std[j];
+        sums[2 * j] = sg, sums[2 * j + 1] = dgamma;
+        const double aj = (gamma ? gamma[j] : 1.0) * inv_std[j];
+        const double bj = -aj * inv_std[j] * dgamma / m, kj = -aj * sg / m - bj * mean[j];
+        a[j] = (float)aj, b[j] = (float)bj, k[j] = (float)kj;
+      }
+    }
+    if (dx) nhwc_dx(dy, y, x, a, b, k, dx, r0, r1, c);
+  }
+  free(scratch);
+  return 0;
 }

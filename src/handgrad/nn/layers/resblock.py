@@ -43,6 +43,8 @@ class ResBlock(Module):
         in_channels, out_channels: ``C`` and ``O``.
         stride: of the first convolution and of the projection (2 halves the resolution).
         method: the convolutions' method (see :class:`~handgrad.nn.layers.Conv2d`).
+        channels_last: the convolutions compute in channels-last memory (see
+            :class:`~handgrad.nn.layers.Conv2d`); the batch norms keep their input's layout.
         zero_init: start the second batch norm's ``gamma`` at 0.
         generator: for the weight initialisation.
 
@@ -62,6 +64,7 @@ class ResBlock(Module):
         stride: int = 1,
         *,
         method: Method = "auto",
+        channels_last: bool = False,
         zero_init: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -71,7 +74,8 @@ class ResBlock(Module):
                 f"{out_channels}, stride={stride}"
             )
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        conv = {"bias": False, "method": method, "generator": generator}
+        conv = {"bias": False, "method": method, "channels_last": channels_last,
+                "generator": generator}  # fmt: skip
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, **conv)  # type: ignore[arg-type]
         self.bn1 = BatchNormReLU2d(out_channels)
         self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, **conv)  # type: ignore[arg-type]
@@ -83,10 +87,11 @@ class ResBlock(Module):
         self.skip_bn: BatchNorm2d | None = None
         if stride != 1 or in_channels != out_channels:
             # A 1x1 convolution's columns are its strided input itself (no kh*kw copies), so
-            # the matrix-product lowering beats the direct kernels at every width measured
-            # (benchmarks/RESULTS.md, "Residual networks"); "auto" would pick direct above 32
-            # input channels.
-            skip = {**conv, "method": "im2col" if method == "auto" else method}
+            # on NCHW tensors the matrix-product lowering beats the direct kernels at every
+            # width measured (benchmarks/RESULTS.md, "Residual networks"); "auto" would pick
+            # direct above 32 input channels. On channels-last tensors "auto" runs direct.
+            lowered = method == "auto" and not channels_last
+            skip = {**conv, "method": "im2col" if lowered else method}
             self.skip_conv = Conv2d(in_channels, out_channels, 1, stride, 0, **skip)  # type: ignore[arg-type]
             self.skip_bn = BatchNorm2d(out_channels)
 
