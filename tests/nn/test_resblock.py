@@ -45,6 +45,24 @@ def test_input_gradient_is_the_sum_of_both_paths(gen) -> None:
     assert d_main.abs().sum() > 0 and d_skip.abs().sum() > 0  # both paths contribute
 
 
+@pytest.mark.parametrize(
+    "skip",
+    [
+        lambda g: Conv2d(2, 3, 1, 2, bias=False, generator=g),  # pointwise: added in place
+        lambda g: Conv2d(2, 3, 3, 2, 1, bias=False, generator=g),  # any other: a full dx
+        lambda g: Conv2d(2, 3, 1, 2, bias=False, channels_last=True, generator=g),
+    ],
+)
+def test_every_projection_adds_its_input_gradient(gen, skip) -> None:
+    """The block adds a 1x1 projection's input gradient straight into the main path's pixels
+    and any other projection's (a foreign model's, through the bridge) as a whole tensor:
+    both equal autograd's, on NCHW and channels-last tensors."""
+    block = resblock(2, 3, 2)(gen)
+    block.skip_conv = skip(gen)
+    assert_grads(block.double(), torch.randn(2, 2, 7, 7, generator=gen, dtype=torch.float64),
+                 reference=resblock_reference)  # fmt: skip
+
+
 def resblock_reference_main(m: ResBlock, x: torch.Tensor) -> torch.Tensor:
     from handgrad.check.cases import batchnorm_reference, batchnorm_relu_reference, conv_reference
 

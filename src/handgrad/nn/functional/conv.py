@@ -60,6 +60,12 @@ class ConvGeometry:
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
 
+    @property
+    def pointwise(self) -> bool:
+        """A 1x1 kernel without padding in one group: each output reads one input pixel, so
+        both gradients are plain matrix products over the positions."""
+        return self.kernel == (1, 1) and self.padding == (0, 0) and self.groups == 1
+
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """``out = floor((in + 2p - d (k - 1) - 1) / s) + 1`` along each spatial axis."""
         return tuple(  # type: ignore[return-value]
@@ -269,15 +275,8 @@ def _input_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeometr
     ):
         flipped = weight.transpose(0, 1).flip(2, 3)  # (C, O, kh, kw), W[o, c, kh-1-i, kw-1-j]
         return F.conv2d(dout, flipped, None, 1, (kh - 1 - ph, kw - 1 - pw))  # (N, C, H, W)
-    if geo.kernel == (1, 1) and geo.padding == (0, 0) and geo.groups == 1:
-        # a 1x1 kernel touches one pixel per output: dx[n, c, a*s, b*s] = sum_o dy[n, o, a, b]
-        # W[o, c], one matrix product over the positions; the pixels it skips get 0
-        ho, wo = dout.shape[2], dout.shape[3]
-        (sh, sw) = geo.stride
-        dx = torch.zeros_like(x)  # x's layout
-        d = torch.tensordot(dout, weight[:, :, 0, 0], dims=([1], [0]))  # (N, Ho, Wo, C)
-        dx[:, :, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw] = d.permute(0, 3, 1, 2)
-        return dx
+    if geo.pointwise:  # the pixels between the strides get 0
+        return add_pointwise_input_grad(torch.zeros_like(x), dout, weight, geo.stride)
     input_size = (x.shape[2], x.shape[3])
     if conv_fast.applies_input_grad_s2(
         dout, weight, input_size, geo.stride, geo.padding, geo.dilation, geo.groups
@@ -295,6 +294,21 @@ def _input_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeometr
     return F.conv_transpose2d(
         dout, weight, None, geo.stride, geo.padding, output_padding, geo.groups, geo.dilation
     )  # (N, C, H, W)
+
+
+def add_pointwise_input_grad(
+    dx: Tensor, dout: Tensor, weight: Tensor, stride: tuple[int, int]
+) -> Tensor:
+    """Adds the input gradient of a pointwise convolution (:attr:`ConvGeometry.pointwise`) to
+    ``dx`` (N, C, H, W) in place and returns it: ``dx[n, c, a*s, b*s] += sum_o dy[n, o, a, b]
+    W[o, c]``, one matrix product over the positions; the pixels between the strides get
+    nothing. (A residual block adds its 1x1 projection's gradient straight into the main
+    path's this way: no zero-filled tensor, no second sum over every pixel.)"""
+    ho, wo = dout.shape[2], dout.shape[3]
+    sh, sw = stride
+    d = torch.tensordot(dout, weight[:, :, 0, 0], dims=([1], [0]))  # (N, Ho, Wo, C)
+    dx[:, :, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw] += d.permute(0, 3, 1, 2)
+    return dx
 
 
 def _weight_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeometry) -> Tensor:
@@ -315,7 +329,7 @@ def _weight_grad_direct(dout: Tensor, x: Tensor, weight: Tensor, geo: ConvGeomet
         if dw is not None:
             return dw
     ho, wo = dout.shape[2], dout.shape[3]
-    if geo.kernel == (1, 1) and geo.padding == (0, 0) and geo.groups == 1:
+    if geo.pointwise:
         # a 1x1 kernel's "patch" is one pixel: dW[o, c] = sum_{n,a,b} dy[n,o,a,b] x[n,c,a*s,b*s],
         # one matrix product over the N*Ho*Wo positions
         (sh, sw) = geo.stride

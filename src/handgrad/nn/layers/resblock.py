@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from handgrad.nn.functional.conv import Method
+from handgrad.nn.functional.conv import Method, add_pointwise_input_grad
 from handgrad.nn.layers.conv import Conv2d
 from handgrad.nn.layers.norm import BatchNorm2d, BatchNormAddReLU2d, BatchNormReLU2d
 from handgrad.nn.module import Module
@@ -107,12 +107,23 @@ class ResBlock(Module):
         dx_main = self.conv1.backward(
             self.bn1.backward(self.conv2.backward(dh)), need_input_grad=need
         )
+        if not need:
+            if self.skip_conv is not None:
+                self.skip_conv.backward(self.skip_bn.backward(g), need_input_grad=False)  # type: ignore[union-attr]
+            return
+        # x was used twice: the two contributions add up, into dx_main (a fresh buffer of
+        # conv1's backward: no new activation-sized allocation)
         if self.skip_conv is None:
-            dx_skip = g  # the identity's Jacobian is 1
+            x.g = dx_main.add_(g)  # the identity's Jacobian is 1
+        elif self.skip_conv.geometry.pointwise:
+            # the projection's dW by its layer, its dx added straight into dx_main's pixels
+            ds = self.skip_bn.backward(g)  # type: ignore[union-attr]
+            self.skip_conv.backward(ds, need_input_grad=False)
+            x.g = add_pointwise_input_grad(dx_main, ds, self.skip_conv.weight,
+                                           self.skip_conv.geometry.stride)  # fmt: skip
         else:
-            dx_skip = self.skip_conv.backward(self.skip_bn.backward(g), need_input_grad=need)  # type: ignore[union-attr]
-        if need:
-            x.g = dx_main + dx_skip  # x was used twice: the two contributions add up
+            ds = self.skip_bn.backward(g)  # type: ignore[union-attr]
+            x.g = dx_main.add_(self.skip_conv.backward(ds, need_input_grad=True))
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}"
