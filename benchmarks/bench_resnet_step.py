@@ -1,6 +1,6 @@
-"""One training step of the ``resnet`` model (batch 128): handgrad against ``torch.nn`` +
-autograd on the same weights (NCHW, torch's default, and channels-last, as handgrad's recipe
-computes), then each of its convolution shapes (forward + backward) with
+"""One training step (forward, backward, AdamW) of the ``resnet`` model (batch 128): handgrad
+against ``torch.nn`` + autograd on the same weights (NCHW, torch's default, and channels-last,
+as handgrad's recipe computes), then each of its convolution shapes (forward + backward) with
 handgrad's two methods and PyTorch. One process, alternating rounds, medians of wall time.
 
     PYTHONPATH=src python benchmarks/bench_resnet_step.py --repeats 9
@@ -21,6 +21,7 @@ from handgrad.interop.torch import to_torch
 from handgrad.nn.layers import Conv2d
 from handgrad.nn.layers.losses import CrossEntropyLoss
 from handgrad.nn.models import build_model
+from handgrad.optim.optimizers import AdamW
 
 #: (in, out, kernel, stride, side) of every convolution of build_model("resnet")
 SHAPES = [(1, 16, 3, 1, 28), (16, 16, 3, 1, 28), (16, 32, 3, 2, 28), (32, 32, 3, 1, 14),
@@ -56,15 +57,22 @@ def main() -> None:
         torch.nn.CrossEntropyLoss(label_smoothing=0.1),
     )
 
+    # each side's AdamW step as in training (a small learning rate: the weights stay put)
+    opt = AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
+
     def handgrad_step() -> None:
         loss(model(x), y)
         model.backward(loss.backward()[0], need_input_grad=False)
+        opt.step()
         model.zero_grad()
 
     def torch_step(net: torch.nn.Module) -> Callable[[], None]:
+        t_opt = torch.optim.AdamW(net.parameters(), lr=1e-6, weight_decay=0.01)
+
         def step() -> None:
             t_loss(net(x), y).backward()
-            net.zero_grad(set_to_none=True)
+            t_opt.step()
+            t_opt.zero_grad(set_to_none=True)
 
         return step
 
