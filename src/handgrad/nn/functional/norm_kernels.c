@@ -37,6 +37,7 @@ typedef struct {
   const float *x, *dy, *y, *gamma, *beta, *res; /* res: the residual r, or NULL */
   float *out, *dx, *dres;                        /* dres: dL/dr, or NULL */
   double *mean, *var, *sums; /* per channel: mean, biased variance; backward: dbeta, dgamma */
+  float *cf;                 /* channels-last: per-channel coefficients of the second pass */
   int64_t n, c, l;
   double eps;
   int relu;
@@ -290,10 +291,17 @@ CLONES static void nhwc_dx(const float *restrict dy, const float *restrict y,
   }
 }
 
-/* Scratch for `threads` partials and 4 C floats of per-channel coefficients; NULL if out of
-   memory (the caller then returns without writing: Python sees the error flag). */
-static double *nhwc_scratch(int64_t c, int threads) {
-  return (double *)malloc((size_t)(threads * 3 + 2) * (size_t)c * sizeof(double));
+/* this thread's number t and share [r0, r1) of the p rows; returns the team's size */
+static int nhwc_rows(int64_t p, int *t, int64_t *r0, int64_t *r1) {
+#ifdef _OPENMP
+  const int nt = omp_get_num_threads();
+  *t = omp_get_thread_num();
+#else
+  const int nt = 1;
+  *t = 0;
+#endif
+  *r0 = p * *t / nt, *r1 = p * (*t + 1) / nt;
+  return nt;
 }
 
 static partial nhwc_partial(double *scratch, int64_t c, int t) {
@@ -302,49 +310,98 @@ static partial nhwc_partial(double *scratch, int64_t c, int t) {
   return pt;
 }
 
-/* handgrad_bn_forward for channels-last x (p rows of c); returns 0, or 1 if out of memory */
-int handgrad_bn_forward_nhwc(const float *x, const float *gamma, const float *beta,
-                             const float *res, float *out, double *mean, double *var,
-                             int64_t p, int64_t c, double eps, int relu, int threads) {
-  if (threads < 1) threads = 1;
+typedef void (*nhwc_sums_fn)(const job *, int64_t r0, int64_t r1, partial);
+typedef void (*nhwc_coef_fn)(job *, int64_t j, double s, double q);
+typedef void (*nhwc_apply_fn)(const job *, int64_t r0, int64_t r1);
+
+/* The two passes of a channels-last batch norm over jb->n rows of jb->c channels, the rows split
+   between the threads: each sums its rows into its own partials; after a barrier one thread
+   adds them up and turns each channel's two sums into its coefficients (coef); then every
+   thread applies them to its rows. Returns 1 if out of memory (nothing written), else 0. */
+static int nhwc_run(job *jb, int threads, nhwc_sums_fn sums, nhwc_coef_fn coef,
+                    nhwc_apply_fn apply) {
+  const int64_t p = jb->n, c = jb->c;
   if (threads > p) threads = (int)p;
-  double *scratch = nhwc_scratch(c, threads);
+  if (threads < 1) threads = 1;
+  /* per thread: C doubles twice (the sums), C floats twice (a block's sums) */
+  double *scratch = (double *)malloc((size_t)(3 * threads) * (size_t)c * sizeof(double));
   if (!scratch) return 1;
-  float *scale = (float *)(scratch + 3 * threads * c), *shift = scale + c; /* x's row 0 = k */
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
   {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int t = 0, nt = 1;
-#endif
-    const int64_t r0 = p * t / nt, r1 = p * (t + 1) / nt;
-    nhwc_stats(x, x, r0, r1, c, nhwc_partial(scratch, c, t));
+    int t;
+    int64_t r0, r1;
+    const int nt = nhwc_rows(p, &t, &r0, &r1);
+    sums(jb, r0, r1, nhwc_partial(scratch, c, t));
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp single
 #endif
-    {
-      const double m = (double)p;
-      for (int64_t j = 0; j < c; j++) {
-        double s = 0.0, q = 0.0;
-        for (int u = 0; u < nt; u++) {
-          const partial pu = nhwc_partial(scratch, c, u);
-          s += pu.s[j], q += pu.q[j];
-        }
-        const double dm = s / m, v = q / m - dm * dm;
-        mean[j] = x[j] + dm, var[j] = v > 0.0 ? v : 0.0;
-        const double inv_std = 1.0 / sqrt(var[j] + eps);
-        const double g = gamma ? gamma[j] : 1.0, b = beta ? beta[j] : 0.0;
-        scale[j] = (float)(g * inv_std), shift[j] = (float)(b - mean[j] * g * inv_std);
+    for (int64_t j = 0; j < c; j++) {
+      double s = 0.0, q = 0.0;
+      for (int u = 0; u < nt; u++) {
+        const partial pu = nhwc_partial(scratch, c, u);
+        s += pu.s[j], q += pu.q[j];
       }
-    } /* the single's implicit barrier: every thread sees scale and shift */
-    nhwc_apply(x, res, out, scale, shift, relu, r0, r1, c);
+      coef(jb, j, s, q);
+    } /* the single's implicit barrier: every thread sees the coefficients */
+    apply(jb, r0, r1);
   }
   free(scratch);
   return 0;
+}
+
+/* forward: sums of x - k around k = x's first row; cf = (scale, shift) */
+static void fwd_sums(const job *jb, int64_t r0, int64_t r1, partial pt) {
+  nhwc_stats(jb->x, jb->x, r0, r1, jb->c, pt);
+}
+
+static void fwd_coef(job *jb, int64_t j, double s, double q) {
+  const double m = (double)jb->n, dm = s / m, v = q / m - dm * dm;
+  jb->mean[j] = jb->x[j] + dm, jb->var[j] = v > 0.0 ? v : 0.0;
+  const double inv_std = 1.0 / sqrt(jb->var[j] + jb->eps);
+  const double g = jb->gamma ? jb->gamma[j] : 1.0, b = jb->beta ? jb->beta[j] : 0.0;
+  jb->cf[j] = (float)(g * inv_std), jb->cf[jb->c + j] = (float)(b - jb->mean[j] * g * inv_std);
+}
+
+static void fwd_apply(const job *jb, int64_t r0, int64_t r1) {
+  nhwc_apply(jb->x, jb->res, jb->out, jb->cf, jb->cf + jb->c, jb->relu, r0, r1, jb->c);
+}
+
+/* backward: cf = (mean as float, then a, b, k of dx = a g + b x + k) */
+static void bwd_sums(const job *jb, int64_t r0, int64_t r1, partial pt) {
+  nhwc_grad_sums(jb->dy, jb->y, jb->x, jb->cf, jb->dres, r0, r1, jb->c, pt);
+}
+
+static void bwd_coef(job *jb, int64_t j, double sg, double sgx) {
+  const double m = (double)jb->n, inv_std = jb->var[j]; /* var holds inv_std here */
+  const double dgamma = sgx * inv_std;
+  jb->sums[2 * j] = sg, jb->sums[2 * j + 1] = dgamma;
+  const double a = (jb->gamma ? jb->gamma[j] : 1.0) * inv_std;
+  const double b = -a * inv_std * dgamma / m, k = -a * sg / m - b * jb->mean[j];
+  float *cf = jb->cf + jb->c;
+  cf[j] = (float)a, cf[jb->c + j] = (float)b, cf[2 * jb->c + j] = (float)k;
+}
+
+static void bwd_apply(const job *jb, int64_t r0, int64_t r1) {
+  const int64_t c = jb->c;
+  const float *a = jb->cf + c;
+  if (jb->dx) nhwc_dx(jb->dy, jb->y, jb->x, a, a + c, a + 2 * c, jb->dx, r0, r1, c);
+}
+
+/* handgrad_bn_forward for channels-last x (p rows of c); returns 0, or 1 if out of memory */
+int handgrad_bn_forward_nhwc(const float *x, const float *gamma, const float *beta,
+                             const float *res, float *out, double *mean, double *var,
+                             int64_t p, int64_t c, double eps, int relu, int threads) {
+  job jb = {0};
+  jb.x = x, jb.gamma = gamma, jb.beta = beta, jb.res = res, jb.out = out;
+  jb.mean = mean, jb.var = var, jb.n = p, jb.c = c, jb.eps = eps, jb.relu = relu;
+  jb.cf = (float *)malloc((size_t)(2 * c) * sizeof(float));
+  if (!jb.cf) return 1;
+  const int failed = nhwc_run(&jb, threads, fwd_sums, fwd_coef, fwd_apply);
+  free(jb.cf);
+  return failed;
 }
 
 /* handgrad_bn_backward for channels-last tensors (p rows of c); returns 0, or 1 if out of
@@ -353,45 +410,13 @@ int handgrad_bn_backward_nhwc(const float *dy, const float *y, const float *x,
                               const float *gamma, const double *mean, const double *inv_std,
                               float *dx, float *dres, double *sums, int64_t p, int64_t c,
                               int threads) {
-  if (threads < 1) threads = 1;
-  if (threads > p) threads = (int)p;
-  double *scratch = nhwc_scratch(c, threads);
-  if (!scratch) return 1;
-  /* after the partials: mean as float, then the coefficients a, b, k of dx = a g + b x + k */
-  float *mf = (float *)(scratch + 3 * threads * c), *a = mf + c, *b = a + c, *k = b + c;
-  for (int64_t j = 0; j < c; j++) mf[j] = (float)mean[j];
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
-#endif
-  {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int t = 0, nt = 1;
-#endif
-    const int64_t r0 = p * t / nt, r1 = p * (t + 1) / nt;
-    nhwc_grad_sums(dy, y, x, mf, dres, r0, r1, c, nhwc_partial(scratch, c, t));
-#ifdef _OPENMP
-#pragma omp barrier
-#pragma omp single
-#endif
-    {
-      const double m = (double)p;
-      for (int64_t j = 0; j < c; j++) {
-        double sg = 0.0, sgx = 0.0;
-        for (int u = 0; u < nt; u++) {
-          const partial pu = nhwc_partial(scratch, c, u);
-          sg += pu.s[j], sgx += pu.q[j];
-        }
-        const double dgamma = sgx * inv_std[j];
-        sums[2 * j] = sg, sums[2 * j + 1] = dgamma;
-        const double aj = (gamma ? gamma[j] : 1.0) * inv_std[j];
-        const double bj = -aj * inv_std[j] * dgamma / m, kj = -aj * sg / m - bj * mean[j];
-        a[j] = (float)aj, b[j] = (float)bj, k[j] = (float)kj;
-      }
-    }
-    if (dx) nhwc_dx(dy, y, x, a, b, k, dx, r0, r1, c);
-  }
-  free(scratch);
-  return 0;
+  job jb = {0};
+  jb.dy = dy, jb.y = y, jb.x = x, jb.gamma = gamma, jb.dx = dx, jb.dres = dres, jb.sums = sums;
+  jb.mean = (double *)mean, jb.var = (double *)inv_std, jb.n = p, jb.c = c;
+  jb.cf = (float *)malloc((size_t)(4 * c) * sizeof(float));
+  if (!jb.cf) return 1;
+  for (int64_t j = 0; j < c; j++) jb.cf[j] = (float)mean[j];
+  const int failed = nhwc_run(&jb, threads, bwd_sums, bwd_coef, bwd_apply);
+  free(jb.cf);
+  return failed;
 }
