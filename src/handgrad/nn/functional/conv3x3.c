@@ -20,9 +20,10 @@
    summing into a private dW, added up at the end; chunks of rows keep their slice of x and dy
    in the L2 cache while every block of channels reads it.
 
-   x and dy may also come channels-last (NHWC, flag `nhwc`): x's grid is then channels-last
-   too, xg[n][Hp][Wp][C] (a copy of rows between zeros; the micro-kernel only sees other
-   strides), and dy's rows already are dyT's (read in place when O is a multiple of 16).
+   x and dy may also come channels-last (NHWC, flag `nhwc`): dy's rows then already are dyT's
+   (read in place when O is a multiple of 16), and with AVX-512 and C a multiple of 8 the tap
+   micro-kernels (WGRAD_TAP) read x in place too; otherwise x's grid is channels-last,
+   xg[n][Hp][Wp][C] (a copy of rows between zeros; the micro-kernel only sees other strides).
 
    Built with the system's C compiler on first use (handgrad.nn.functional.conv_fast); the
    micro-kernel is compiled for AVX-512, AVX2 and plain code, and the CPU's best one runs. */
@@ -71,7 +72,8 @@ static void copy_x_nhwc(const job *jb, int64_t n) {
     memcpy(dst + left, jb->x + (n * jb->h + r) * w * c_n, (size_t)(w * c_n) * sizeof(float));
     memset(dst + left + w * c_n, 0, right * sizeof(float));
   }
-  memset(img + (jb->ph + jb->h) * row, 0, (size_t)((jb->hp - jb->h - jb->ph) * row) * sizeof(float));
+  const int64_t below = (jb->hp - jb->h - jb->ph) * row;
+  memset(img + (jb->ph + jb->h) * row, 0, (size_t)below * sizeof(float));
 }
 
 /* dy's image n as dyT[q][o], q = (n Ho + a) Wo + b; the padded channels are zero */

@@ -285,7 +285,8 @@ CLONES static void nhwc_dx(const float *restrict dy, const float *restrict y,
     float *restrict o = dx + i * c;
     if (y) {
       const float *restrict yi = y + i * c;
-      for (int64_t j = 0; j < c; j++) o[j] = (yi[j] > 0.0f ? a[j] * d[j] : 0.0f) + b[j] * xi[j] + k[j];
+      for (int64_t j = 0; j < c; j++)
+        o[j] = (yi[j] > 0.0f ? a[j] * d[j] : 0.0f) + b[j] * xi[j] + k[j];
     } else
       for (int64_t j = 0; j < c; j++) o[j] = a[j] * d[j] + b[j] * xi[j] + k[j];
   }
